@@ -1,0 +1,93 @@
+"""The backend registry: lazy import, availability with a reason.
+
+Nothing here imports a framework.  ``available(name)`` looks for the framework's
+distribution with ``importlib.util.find_spec``; ``get(name)`` imports
+``equivtest.backends.<module>`` only when asked.  When torch and TensorFlow are
+both wanted in one process, :func:`load` imports torch first (TensorFlow first
+can break torch's OpenMP and protobuf set-up on some builds).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from ..errors import BackendUnavailable, InputError
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    module: str
+    requires: tuple[str, ...]  # top-level modules that must be importable
+    extra: str | None  # the pip extra that installs them
+    framework: str
+
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def unavailable_reason(self) -> str | None:
+        miss = self.missing()
+        if not miss:
+            return None
+        return (
+            f"backend '{self.name}' needs {', '.join(miss)}, which is not installed: "
+            f"pip install 'equivtest[{self.extra}]'"
+        )
+
+
+#: load order matters: torch before tensorflow
+REGISTRY: dict[str, BackendInfo] = {
+    "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy"),
+    "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch"),
+    "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow"),
+}
+NAMES = tuple(REGISTRY)
+
+_loaded: dict = {}
+
+
+def parse_names(spec: str | None) -> list[str]:
+    """``"torch,keras"`` -> ``["torch", "keras"]`` in registry order; unknown names fail."""
+    if spec is None or not str(spec).strip() or str(spec).strip() == "all":
+        return list(NAMES)
+    names = [s.strip().lower() for s in str(spec).split(",") if s.strip()]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise InputError(f"unknown backend {unknown[0]!r}; valid names: {', '.join(NAMES)}")
+    return [n for n in NAMES if n in names]
+
+
+def info(name: str) -> BackendInfo:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown backend {name!r}; valid names: {', '.join(NAMES)}") from None
+
+
+def available(name: str) -> tuple[bool, str | None]:
+    """(True, None) or (False, reason naming the extra to install); imports nothing."""
+    reason = info(name).unavailable_reason()
+    return reason is None, reason
+
+
+def get(name: str):
+    """The backend instance for ``name``, importing its framework on first use."""
+    if name in _loaded:
+        return _loaded[name]
+    bi = info(name)
+    reason = bi.unavailable_reason()
+    if reason:
+        raise BackendUnavailable(reason)
+    if bi.framework == "tensorflow" and REGISTRY["torch"].unavailable_reason() is None:
+        importlib.import_module("torch")  # torch before tensorflow, always
+    mod = importlib.import_module(bi.module)
+    _loaded[name] = mod.Backend()
+    return _loaded[name]
+
+
+def load(names) -> list:
+    """Instances for ``names``, imported in registry order (torch before keras)."""
+    wanted = set(names)
+    return [get(n) for n in NAMES if n in wanted]

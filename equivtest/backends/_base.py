@@ -1,0 +1,111 @@
+"""What every backend shares: the public interface, device names, the epoch loop's data.
+
+Every ``backends/<name>.py`` defines ``class Backend(BaseBackend)`` with the same
+public names.  Devices are named as the plugin and CLI name them: ``cpu``,
+``cuda`` / ``cuda:N``, ``mps``; a backend maps them to its own (``/GPU:N``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data import Dataset
+from ..errors import InputError
+from ..heads import UNITS, Weights, check_head
+from ..plan import Plan
+from ..trajectory import Trajectory
+
+MASK_MODES = ("plan", "native")
+
+
+class DeviceUnavailable(InputError):
+    """A device that was asked for and is not there (a usage error, never a skip)."""
+
+
+class BaseBackend:
+    #: registry name, framework distribution, what it can do
+    name = "base"
+    framework = "none"
+    supports_float64 = True
+    deterministic = True
+    #: where Adam's epsilon enters: "torch" (after bias correction) or "keras" (before)
+    adam_epsilon = "torch"
+
+    # -- identity -----------------------------------------------------------------
+    def version(self) -> str:
+        raise NotImplementedError(f"backend '{self.name}' does not implement version()")
+
+    def devices(self) -> list[str]:
+        """The devices this backend can use here, canonical names (``cpu``, ``cuda:0``)."""
+        return ["cpu"]
+
+    def tf32(self) -> bool | None:
+        """Whether TF32 matmuls are enabled for this backend's GPU work (None: not applicable)."""
+        return None
+
+    def environment(self) -> dict:
+        return {"backend": self.name, "framework": self.framework, "version": self.version(),
+                "devices": self.devices(), "tf32": self.tf32()}
+
+    def resolve_device(self, device: str = "cpu") -> str:
+        """``cuda`` -> ``cuda:0``; raise :class:`DeviceUnavailable` if it is not here."""
+        dev = (device or "cpu").strip().lower()
+        have = self.devices()
+        if dev == "auto":
+            return next((d for d in have if d != "cpu"), "cpu")
+        if dev in ("cuda", "gpu"):
+            dev = "cuda:0"
+        if dev == "mps":
+            dev = "mps" if "mps" in have else dev
+        if dev not in have:
+            raise DeviceUnavailable(
+                f"device '{device}' is not available to backend '{self.name}' "
+                f"({self.framework} {self.version()} sees: {', '.join(have)})"
+            )
+        return dev
+
+    # -- the interface ------------------------------------------------------------
+    def count_params(self, head: str, d: int) -> int:
+        """The parameter count as the framework itself counts it."""
+        raise NotImplementedError(f"backend '{self.name}' does not implement count_params()")
+
+    def predict_proba(self, weights: Weights, X: np.ndarray, *, device: str = "cpu",
+                      dtype: str = "float32") -> np.ndarray:
+        """p(y = 1 | x) from a model of the head ``weights`` describes (no dropout)."""
+        raise NotImplementedError(f"backend '{self.name}' does not implement predict_proba()")
+
+    def train(self, head: str, init: Weights, plan: Plan, data: Dataset, *, device: str = "cpu",
+              masks: str = "plan") -> Trajectory:
+        """Train ``head`` from ``init`` under ``plan`` on ``data.X_train``; evaluate on ``X_val``.
+
+        ``masks="plan"`` multiplies in the plan's dropout masks (shared by every
+        backend); ``masks="native"`` uses the framework's own Dropout layer,
+        seeded from ``plan.seed`` and ``plan.mask_stream`` (the seed's setting).
+        """
+        raise NotImplementedError(f"backend '{self.name}' does not implement train()")
+
+    # -- shared helpers -----------------------------------------------------------
+    def _check_train_args(self, head: str, init: Weights, plan: Plan, data: Dataset, masks: str) -> None:
+        check_head(head)
+        if masks not in MASK_MODES:
+            raise InputError(f"masks must be one of {', '.join(MASK_MODES)}, got {masks!r}")
+        if init.kernel.shape != (data.n_features, UNITS[head]):
+            raise ValueError(
+                f"initial weights for a {head} head on {data.n_features} features must have kernel "
+                f"({data.n_features}, {UNITS[head]}), got {init.kernel.shape}"
+            )
+        if plan.dtype == "float64" and not self.supports_float64:
+            raise NotImplementedError(f"backend '{self.name}' does not support float64")
+
+    def _meta(self, head: str, plan: Plan, data: Dataset, device: str, masks: str) -> dict:
+        return {
+            "backend": self.name, "framework": self.framework, "version": self.version(), "head": head,
+            "device": device, "dtype": plan.dtype, "lr": plan.lr, "optimizer": plan.optimizer.label,
+            "masks": masks, "features": data.source, "plan": plan.to_dict(),
+        }
+
+
+def batch_sizes(plan: Plan, n: int) -> np.ndarray:
+    """Each step's batch size over the whole run."""
+    one = np.asarray([b - a for a, b in plan.batch_bounds(n)], dtype=np.int64)
+    return np.tile(one, plan.epochs)

@@ -1,0 +1,213 @@
+"""The Keras 3 backend on TensorFlow: the heads as Keras users write them, trained by ``Model.fit``.
+
+``Dense(2, activation="softmax")`` with ``categorical_crossentropy`` and
+``Dense(1, activation="sigmoid")`` with ``binary_crossentropy``; Keras optimizers.
+The plan's dropout masks are a second model input multiplied in before the Dense
+layer (``PlanDropout``), so Keras sees the same masks as every other backend;
+``masks="native"`` uses ``keras.layers.Dropout`` with a seed instead.  Each epoch
+is one ``fit`` call over the rows in the plan's order with ``shuffle=False``;
+a metric (``StepRecorder``) stores each step's batch loss and correct count, from
+the same forward pass the loss used.  Devices ``/CPU:0`` and ``/GPU:N`` (named
+``cpu`` and ``cuda:N`` here); TF32 is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["KERAS_BACKEND"] = "tensorflow"  # 'keras' means Keras on TensorFlow here
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN reorders float sums; keep CPU runs reproducible
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from ..heads import SOFTMAX, UNITS, Weights  # noqa: E402
+from ..plan import Plan  # noqa: E402
+from ..trajectory import Trajectory  # noqa: E402
+from ._base import BaseBackend, batch_sizes  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras imported earlier elsewhere
+    raise ImportError(
+        f"backend 'keras' needs Keras on TensorFlow, but Keras was already imported with "
+        f"KERAS_BACKEND={keras.backend.backend()!r} in this process"
+    )
+
+
+tf.get_logger().setLevel("ERROR")  # a new model per run retraces by design
+
+
+class PlanDropout(keras.layers.Layer):
+    """Inverted dropout with a mask given as an input: ``x * scale`` where kept, else 0."""
+
+    def __init__(self, scale: float, **kw):
+        super().__init__(**kw)
+        self.scale = float(scale)
+
+    def call(self, x, mask):
+        return ops.where(mask, x * ops.cast(self.scale, x.dtype), ops.zeros_like(x))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+class StepRecorder(keras.metrics.Metric):
+    """Stores each training step's mean batch loss and number of correct predictions.
+
+    Keras's own ``loss`` log is a running mean; this keeps the per-step values.
+    ``reset_state`` (called by ``fit`` at each epoch start) rewinds the counter.
+    """
+
+    def __init__(self, head: str, capacity: int, dtype: str, name: str = "step_recorder"):
+        super().__init__(name=name, dtype=dtype)
+        self.head = head
+        self.values = self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name="values")
+        self.right = self.add_variable(shape=(capacity,), initializer="zeros", dtype="int32", name="right")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if self.head == SOFTMAX:
+            loss = keras.losses.categorical_crossentropy(y_true, y_pred)
+            hit = ops.equal(ops.argmax(y_pred, axis=-1), ops.argmax(y_true, axis=-1))
+        else:
+            loss = keras.losses.binary_crossentropy(y_true, y_pred)
+            hit = ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0], "int32"))
+        i = ops.reshape(self.count, (1,))
+        self.values.assign(ops.slice_update(self.values, i, ops.reshape(ops.mean(loss), (1,))))
+        self.right.assign(ops.slice_update(self.right, i, ops.reshape(ops.sum(ops.cast(hit, "int32")), (1,))))
+        self.count.assign(self.count + 1)
+
+    def result(self):
+        return ops.cast(self.count, self.dtype)
+
+    def reset_state(self):
+        self.count.assign(0)
+
+
+def _loss(head: str) -> str:
+    return "categorical_crossentropy" if head == SOFTMAX else "binary_crossentropy"
+
+
+def _targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
+    if head == SOFTMAX:
+        return np.eye(2, dtype=dtype)[y]
+    return y.astype(dtype)[:, None]
+
+
+class Backend(BaseBackend):
+    name = "keras"
+    framework = "tensorflow"
+    supports_float64 = True
+    #: Keras adds Adam's epsilon to sqrt(v) before bias correction (Kingma & Ba's "epsilon hat")
+    adam_epsilon = "keras"
+
+    def __init__(self):
+        self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
+
+    def version(self) -> str:
+        return f"keras {keras.__version__} / tensorflow {tf.__version__}"
+
+    def devices(self) -> list[str]:
+        gpus = tf.config.list_logical_devices("GPU")
+        return ["cpu"] + [f"cuda:{i}" for i in range(len(gpus))]
+
+    def set_tf32(self, on: bool) -> None:
+        tf.config.experimental.enable_tensor_float_32_execution(bool(on))
+        self._tf32 = bool(on)
+
+    def tf32(self) -> bool:
+        return bool(tf.config.experimental.tensor_float_32_execution_enabled())
+
+    @staticmethod
+    def tf_device(device: str) -> str:
+        return "/CPU:0" if device == "cpu" else "/GPU:" + device.split(":")[1]
+
+    # -- models -------------------------------------------------------------------
+    def _dense(self, head: str, d: int, dtype: str) -> keras.layers.Dense:
+        act = "softmax" if head == SOFTMAX else "sigmoid"
+        return keras.layers.Dense(UNITS[head], activation=act, dtype=dtype, name=f"{head}_head")
+
+    def _plain_model(self, head: str, d: int, dtype: str, dense=None) -> keras.Model:
+        x = keras.Input((d,), dtype=dtype, name="features")
+        dense = dense or self._dense(head, d, dtype)
+        return keras.Model(x, dense(x), name=f"{head}_eval")
+
+    def count_params(self, head: str, d: int) -> int:
+        return int(self._plain_model(head, int(d), "float32").count_params())
+
+    def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
+        device = self.resolve_device(device)
+        with tf.device(self.tf_device(device)):
+            model = self._plain_model(weights.head, weights.n_features, dtype)
+            model.layers[-1].set_weights([weights.kernel.astype(dtype), weights.bias.astype(dtype)])
+            p = model.predict(np.asarray(X, dtype=dtype), batch_size=4096, verbose=0)
+        return p[:, 1] if weights.head == SOFTMAX else p[:, 0]
+
+    # -- training -----------------------------------------------------------------
+    def _optimizer(self, plan: Plan):
+        s = plan.optimizer
+        if s.name == "sgd":
+            return keras.optimizers.SGD(learning_rate=plan.lr, momentum=s.momentum, nesterov=s.nesterov)
+        if s.name == "adam":
+            return keras.optimizers.Adam(learning_rate=plan.lr, beta_1=s.beta_1, beta_2=s.beta_2, epsilon=s.epsilon)
+        raise NotImplementedError(f"backend 'keras' has no optimizer {s.name!r}")
+
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan") -> Trajectory:
+        self._check_train_args(head, init, plan, data, masks)
+        device = self.resolve_device(device)
+        previous = keras.config.floatx()
+        keras.config.set_floatx(plan.dtype)  # losses, metrics and the optimizer's lr in the plan's dtype
+        try:
+            with tf.device(self.tf_device(device)):
+                return self._train(head, init, plan, data, device, masks)
+        finally:
+            keras.config.set_floatx(previous)
+
+    def _train(self, head, init, plan: Plan, data, device, masks) -> Trajectory:
+        dt = plan.dtype
+        X, y = data.X_train.astype(dt, copy=False), data.y_train
+        n, d = X.shape
+        bounds = plan.batch_bounds(n)
+        steps = len(bounds)
+        dense = self._dense(head, d, dt)
+        x_in = keras.Input((d,), dtype=dt, name="features")
+        use_plan_masks = masks == "plan" and plan.dropout > 0
+        if use_plan_masks:
+            m_in = keras.Input((d,), dtype="bool", name="keep_mask")
+            model = keras.Model([x_in, m_in], dense(PlanDropout(plan.mask_scale, dtype=dt)(x_in, m_in)))
+        elif plan.dropout > 0:
+            drop = keras.layers.Dropout(plan.dropout, seed=plan.seed * 1_000_003 + plan.mask_stream, dtype=dt)
+            model = keras.Model(x_in, dense(drop(x_in)))
+        else:
+            model = keras.Model(x_in, dense(x_in))
+        dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
+        recorder = StepRecorder(head, steps, dt)
+        model.compile(optimizer=self._optimizer(plan), loss=_loss(head), metrics=[recorder],
+                      steps_per_execution=steps, jit_compile=False)
+        evaluator = self._plain_model(head, d, dt, dense)
+        evaluator.compile(loss=_loss(head), metrics=["accuracy"], jit_compile=False)
+        Y = _targets(head, y, dt)
+        Xv, Yv = data.X_val.astype(dt, copy=False), _targets(head, data.y_val, dt)
+
+        losses, correct, val_loss, val_acc = [], [], [], []
+        for epoch in range(plan.epochs):
+            order = plan.batch_order(epoch, n)
+            inputs = X[order]
+            if use_plan_masks:
+                inputs = [inputs, plan.epoch_masks(epoch, n, d)]
+            model.fit(inputs, Y[order], batch_size=plan.batch_size, epochs=1, shuffle=False, verbose=0)
+            losses.append(ops.convert_to_numpy(recorder.values))
+            correct.append(ops.convert_to_numpy(recorder.right))
+            ev = evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0, return_dict=True)
+            val_loss.append(ev["loss"])
+            val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
+        kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
+        return Trajectory.from_steps(
+            np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps, val_loss, val_acc,
+            Weights(kernel, bias), self._meta(head, plan, data, device, masks),
+        )

@@ -1,0 +1,162 @@
+"""The PyTorch backend: ``nn.Linear`` heads, ``F.cross_entropy`` / ``F.binary_cross_entropy_with_logits``.
+
+Devices ``cpu``, ``cuda[:N]``, ``mps`` where present; float32 and float64.  TF32
+is off for CUDA matmuls unless :meth:`Backend.set_tf32` (or ``EQUIVTEST_TF32=1``)
+turns it on.  The plan's masks enter as ``x * scale * mask`` before the Linear
+layer; ``masks="native"`` uses ``nn.Dropout`` with a generator forked from
+``plan.seed`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..heads import SOFTMAX, UNITS, Weights, from_torch_layout, to_torch_layout
+from ..plan import Plan
+from ..trajectory import Trajectory
+from ._base import BaseBackend, batch_sizes
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Backend(BaseBackend):
+    name = "torch"
+    framework = "torch"
+    supports_float64 = True
+    adam_epsilon = "torch"
+
+    def __init__(self):
+        self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def devices(self) -> list[str]:
+        devs = ["cpu"]
+        if torch.cuda.is_available():
+            devs += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            devs.append("mps")
+        return devs
+
+    def set_tf32(self, on: bool) -> None:
+        matmul = torch.backends.cuda.matmul
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = "tf32" if on else "ieee"
+        else:  # torch < 2.9
+            matmul.allow_tf32 = bool(on)
+        torch.backends.cudnn.allow_tf32 = bool(on)
+        self._tf32 = bool(on)
+
+    def tf32(self) -> bool:
+        return self._tf32
+
+    # -- models -------------------------------------------------------------------
+    def _linear(self, weights: Weights, device, dtype) -> nn.Linear:
+        d, k = weights.kernel.shape
+        layer = nn.Linear(d, k, device=device, dtype=dtype)
+        w, b = to_torch_layout(weights)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(np.asarray(w, dtype=np.float64)))
+            layer.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float64)))
+        return layer
+
+    def count_params(self, head: str, d: int) -> int:
+        layer = nn.Linear(int(d), UNITS[head], device="meta")
+        return sum(p.numel() for p in layer.parameters())
+
+    def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
+        dev = torch.device(self.resolve_device(device))
+        dt = _DTYPES[dtype]
+        layer = self._linear(weights, dev, dt)
+        with torch.no_grad():
+            z = layer(torch.as_tensor(np.asarray(X), device=dev, dtype=dt))
+            p = F.softmax(z, dim=1)[:, 1] if weights.head == SOFTMAX else torch.sigmoid(z[:, 0])
+        return p.cpu().numpy()
+
+    # -- training -----------------------------------------------------------------
+    def _optimizer(self, plan: Plan, params):
+        s = plan.optimizer
+        if s.name == "sgd":
+            return torch.optim.SGD(params, lr=plan.lr, momentum=s.momentum, nesterov=s.nesterov)
+        if s.name == "adam":
+            return torch.optim.Adam(params, lr=plan.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon)
+        raise NotImplementedError(f"backend 'torch' has no optimizer {s.name!r}")
+
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan") -> Trajectory:
+        self._check_train_args(head, init, plan, data, masks)
+        device = self.resolve_device(device)
+        dev = torch.device(device)
+        dt = _DTYPES[plan.dtype]
+        X = torch.as_tensor(data.X_train, device=dev).to(dt)
+        y = torch.as_tensor(data.y_train, device=dev)
+        n, d = X.shape
+        yt = y if head == SOFTMAX else y.to(dt)
+        layer = self._linear(init, dev, dt)
+        opt = self._optimizer(plan, layer.parameters())
+        bounds = plan.batch_bounds(n)
+        total = plan.epochs * len(bounds)
+        losses = torch.empty(total, device=dev, dtype=dt)
+        correct = torch.empty(total, device=dev, dtype=torch.int64)
+        scale = plan.mask_scale
+        dropout = None
+        if masks == "native" and plan.dropout > 0:
+            dropout = nn.Dropout(plan.dropout)
+        val_loss, val_acc = [], []
+        step = 0
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(plan.seed * 1_000_003 + plan.mask_stream)
+            for epoch in range(plan.epochs):
+                order = torch.as_tensor(plan.batch_order(epoch, n), device=dev)
+                m = plan.epoch_masks(epoch, n, d) if masks == "plan" else None
+                if m is not None:
+                    m = torch.as_tensor(m, device=dev)
+                for s, t in bounds:
+                    idx = order[s:t]
+                    xb = X.index_select(0, idx)
+                    if m is not None:
+                        xb.mul_(scale).mul_(m[s:t])
+                    elif dropout is not None:
+                        xb = dropout(xb)
+                    yb = yt.index_select(0, idx)
+                    z = layer(xb)
+                    if head == SOFTMAX:
+                        loss = F.cross_entropy(z, yb)
+                        right = (z.argmax(dim=1) == yb).sum()
+                    else:
+                        zz = z[:, 0]
+                        loss = F.binary_cross_entropy_with_logits(zz, yb)
+                        right = ((zz > 0) == (yb > 0.5)).sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    losses[step] = loss.detach()
+                    correct[step] = right
+                    step += 1
+                vl, va = self._evaluate(head, layer, data, dev, dt)
+                val_loss.append(vl)
+                val_acc.append(va)
+        weights = from_torch_layout(layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy())
+        return Trajectory.from_steps(
+            losses.cpu().numpy(), correct.cpu().numpy(), batch_sizes(plan, n), len(bounds), val_loss, val_acc,
+            weights, self._meta(head, plan, data, device, masks),
+        )
+
+    def _evaluate(self, head, layer, data, dev, dt):
+        with torch.no_grad():
+            Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
+            yv = torch.as_tensor(data.y_val, device=dev)
+            z = layer(Xv)
+            if head == SOFTMAX:
+                loss = F.cross_entropy(z, yv)
+                right = (z.argmax(dim=1) == yv).sum()
+            else:
+                loss = F.binary_cross_entropy_with_logits(z[:, 0], yv.to(dt))
+                right = ((z[:, 0] > 0) == (yv == 1)).sum()
+        return float(loss), int(right) / len(data.y_val)

@@ -1,0 +1,424 @@
+"""Feature data: the seed's h5 schema, the built-in GAP-like surrogate, scikit-learn sets.
+
+Every check on user input happens here, once, and fails with a one-line
+:class:`~equivtest.errors.FeatureError` naming the file, the dataset and the problem.
+Nothing here writes to or modifies a user's file (h5 files are opened read-only),
+except :func:`write_h5`, which writes a new file the caller names.
+
+The seed's schema (``gap_Xception.h5``): ``train`` (N, D) numeric, ``label`` (N,)
+holding only 0 and 1 (any integer, bool or float dtype), optional ``test`` (M, D).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatureError
+
+#: names accepted wherever a features source is asked for (besides h5 paths)
+BUILTIN_SOURCES = ("synthetic", "breast-cancer", "digits")
+
+#: the seed's split: 80 % train, 20 % validation, stratified
+VAL_FRACTION = 0.2
+#: the seed's numpy seed, used for the split and the surrogate unless told otherwise
+DEFAULT_SEED = 20180520
+#: the surrogate's full size stands in for gap_Xception.h5 (25000 x 2048)
+SURROGATE_SHAPE = (25000, 2048)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Features ``X`` (N, D) float32 and labels ``y`` (N,) int64 in {0, 1}, split once.
+
+    ``X_train, y_train, X_val, y_val`` are the stratified, seeded 80/20 split
+    (computed on first use and kept).  ``X_test`` is the unlabelled ``test`` set of
+    an h5 file, if it had one.  ``source`` says where the data came from (a path,
+    several joined with commas, or a built-in name).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    source: str = "arrays"
+    split_seed: int = DEFAULT_SEED
+    val_fraction: float = VAL_FRACTION
+    X_test: np.ndarray | None = None
+    description: str = ""
+    _split: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        X = np.ascontiguousarray(self.X, dtype=np.float32)
+        y = np.ascontiguousarray(self.y, dtype=np.int64)
+        _check_arrays(X, y, self.source)
+        object.__setattr__(self, "X", X)
+        object.__setattr__(self, "y", y)
+
+    # -- the split ---------------------------------------------------------------
+    @cached_property
+    def split_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train_idx, val_idx): stratified, seeded, sorted within each part."""
+        if self._split is not None:
+            return self._split
+        return stratified_split(self.y, self.val_fraction, self.split_seed)
+
+    @cached_property
+    def X_train(self) -> np.ndarray:
+        return np.ascontiguousarray(self.X[self.split_indices[0]])
+
+    @cached_property
+    def y_train(self) -> np.ndarray:
+        return self.y[self.split_indices[0]]
+
+    @cached_property
+    def X_val(self) -> np.ndarray:
+        return np.ascontiguousarray(self.X[self.split_indices[1]])
+
+    @cached_property
+    def y_val(self) -> np.ndarray:
+        return self.y[self.split_indices[1]]
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.X.shape[0]), int(self.X.shape[1]))
+
+    def summary(self) -> str:
+        n_tr, n_va = len(self.split_indices[0]), len(self.split_indices[1])
+        return f"{self.source} ({self.shape[0]} x {self.shape[1]}; {n_tr} train / {n_va} val)"
+
+
+# --------------------------------------------------------------------------- split
+def stratified_split(y: np.ndarray, val_fraction: float = VAL_FRACTION, seed: int = DEFAULT_SEED):
+    """The seed's 80/20 split, stratified on the label, reproducible from ``seed``.
+
+    Uses scikit-learn's ``train_test_split`` (the seed's own tool); indices come
+    back sorted so the training order is decided by the :class:`~equivtest.plan.Plan`
+    alone.
+    """
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed % 2**32, stratify=y)
+    return np.sort(tr), np.sort(va)
+
+
+# --------------------------------------------------------------------------- checks
+def _check_arrays(X: np.ndarray, y: np.ndarray, where: str) -> None:
+    """Checks that need the arrays only (already converted to float32 / int64)."""
+    if X.ndim != 2:
+        raise FeatureError(where, f"features must be 2-D (N, D), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise FeatureError(where, "features have zero rows")
+    if X.shape[1] == 0:
+        raise FeatureError(where, "features have zero columns (D = 0)")
+    if y.shape != (X.shape[0],):
+        raise FeatureError(where, f"labels have shape {y.shape} but features have {X.shape[0]} rows")
+
+
+def _problem_with_train(train) -> str | None:
+    if train.ndim != 2:
+        return f"dataset 'train' must be 2-D (N, D), got shape {train.shape}"
+    if train.dtype.kind not in "biuf":
+        return f"dataset 'train' is not numeric (dtype {train.dtype})"
+    if train.shape[0] == 0:
+        return "dataset 'train' has zero rows"
+    if train.shape[1] == 0:
+        return "dataset 'train' has zero features (shape {})".format(train.shape)
+    return None
+
+
+def _nonfinite_problem(X: np.ndarray, name: str = "train") -> str | None:
+    finite = np.isfinite(X)
+    if finite.all():
+        return None
+    bad = np.argwhere(~finite)
+    r, c = bad[0]
+    kind = "NaN" if np.isnan(X[r, c]) else "infinite"
+    return (
+        f"dataset '{name}' has {len(bad)} non-finite value(s) "
+        f"(first: {kind} at row {r}, column {c})"
+    )
+
+
+def _labels_problem(label: np.ndarray, n_rows: int) -> tuple[str | None, np.ndarray | None]:
+    """Return (problem, labels as int64) for a raw ``label`` dataset."""
+    if label.ndim == 2 and label.shape[1] == 1:
+        label = label[:, 0]
+    if label.ndim != 1:
+        return f"dataset 'label' must be 1-D (N,), got shape {label.shape}", None
+    if label.dtype.kind not in "biuf":
+        return f"dataset 'label' is not numeric (dtype {label.dtype})", None
+    if label.shape[0] != n_rows:
+        return f"dataset 'label' has {label.shape[0]} rows but 'train' has {n_rows}", None
+    ok = (label == 0) | (label == 1)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        bad = np.unique(label[~ok])
+        shown = ", ".join(repr(v.item()) for v in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        return (
+            f"dataset 'label' must hold only 0 and 1, found {shown} "
+            f"({int((~ok).sum())} row(s), first at row {i})"
+        ), None
+    y = label.astype(np.int64)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() == 0:
+        only = int(np.argmax(counts))
+        return (
+            f"dataset 'label' holds only class {only} ({counts[only]} rows); "
+            "both classes 0 and 1 are needed"
+        ), None
+    return None, y
+
+
+# --------------------------------------------------------------------------- h5
+def read_h5(path: str | os.PathLike, *, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """Read one features file in the seed's schema, checking everything once.
+
+    The file is opened read-only; nothing in it is changed.
+    """
+    X, y, X_test = _read_h5_arrays(Path(path))
+    return Dataset(X, y, source=str(path), split_seed=split_seed, X_test=X_test,
+                   description=f"h5 features file {path}")
+
+
+def _read_h5_arrays(path: Path):
+    where = f"features file '{path}'"
+    if not path.exists():
+        raise FeatureError(where, "no such file")
+    if path.is_dir():
+        raise FeatureError(where, "is a directory, not an HDF5 file")
+    import h5py
+
+    try:
+        is_h5 = h5py.is_hdf5(str(path))
+    except OSError as exc:  # unreadable (permissions)
+        raise FeatureError(where, f"cannot be read ({exc.strerror or exc})") from None
+    if not is_h5:
+        raise FeatureError(where, "is not an HDF5 file")
+    try:
+        f = h5py.File(str(path), "r")
+    except OSError as exc:
+        raise FeatureError(where, f"cannot be opened as HDF5 ({exc})") from None
+    with f:
+        names = sorted(f.keys())
+        for required in ("train", "label"):
+            if required not in f or not isinstance(f[required], h5py.Dataset):
+                found = ", ".join(repr(n) for n in names) or "nothing"
+                raise FeatureError(where, f"dataset '{required}' is missing (found: {found})")
+        train_ds, label_ds = f["train"], f["label"]
+        problem = _problem_with_train(train_ds)
+        if problem:
+            raise FeatureError(where, problem)
+        n = train_ds.shape[0]
+        label = label_ds[()]
+        problem, y = _labels_problem(np.asarray(label), n)
+        if problem:
+            raise FeatureError(where, problem)
+        X = np.asarray(train_ds[()], dtype=np.float32)
+        problem = _nonfinite_problem(X, "train")
+        if problem:
+            raise FeatureError(where, problem)
+        X_test = None
+        if "test" in f:
+            t = f["test"]
+            if not isinstance(t, h5py.Dataset) or t.ndim != 2 or t.dtype.kind not in "biuf":
+                raise FeatureError(where, f"dataset 'test' must be a numeric 2-D array, got {getattr(t, 'shape', '?')}")
+            if t.shape[1] != X.shape[1]:
+                raise FeatureError(where, f"dataset 'test' has {t.shape[1]} features but 'train' has {X.shape[1]}")
+            X_test = np.asarray(t[()], dtype=np.float32)
+    return X, y, X_test
+
+
+def join_h5(paths, *, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """Join several features files along the feature axis, in the order given.
+
+    The seed's author joined ResNet50, Xception and InceptionV3 features this way.
+    All files must have the same number of rows and identical labels.
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return read_h5(paths[0], split_seed=split_seed)
+    parts = [_read_h5_arrays(p) for p in paths]
+    X0, y0, _ = parts[0]
+    for p, (X, y, _) in zip(paths[1:], parts[1:]):
+        where = f"features files '{paths[0]}' and '{p}'"
+        if X.shape[0] != X0.shape[0]:
+            raise FeatureError(
+                where, f"cannot be joined: dataset 'train' has {X0.shape[0]} rows in '{paths[0]}' but {X.shape[0]} in '{p}'"
+            )
+        if not np.array_equal(y, y0):
+            i = int(np.argmax(y != y0))
+            raise FeatureError(
+                where, f"cannot be joined: dataset 'label' differs (first at row {i}: {y0[i]} vs {y[i]})"
+            )
+    X = np.concatenate([part[0] for part in parts], axis=1)
+    tests = [part[2] for part in parts]
+    X_test = None
+    if all(t is not None for t in tests) and len({t.shape[0] for t in tests}) == 1:
+        X_test = np.concatenate(tests, axis=1)
+    src = ",".join(str(p) for p in paths)
+    return Dataset(X, y0, source=src, split_seed=split_seed, X_test=X_test,
+                   description=f"{len(paths)} h5 features files joined along the feature axis")
+
+
+def write_h5(dataset: Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``dataset`` in the seed's schema (``train`` float32, ``label`` uint8, ``test``).
+
+    Refuses to replace an existing file unless ``overwrite`` is set.
+    """
+    import h5py
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FeatureError(f"features file '{path}'", "already exists (pass overwrite=True to replace it)")
+    with h5py.File(str(path), "w") as f:
+        f.create_dataset("train", data=dataset.X.astype(np.float32, copy=False))
+        f.create_dataset("label", data=dataset.y.astype(np.uint8))
+        if dataset.X_test is not None:
+            f.create_dataset("test", data=dataset.X_test.astype(np.float32, copy=False))
+        f.attrs["source"] = dataset.source
+    return path
+
+
+# --------------------------------------------------------------------------- surrogate
+def surrogate(n: int = SURROGATE_SHAPE[0], d: int = SURROGATE_SHAPE[1], seed: int = DEFAULT_SEED,
+              *, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """A deterministic GAP-like stand-in for ``gap_Xception.h5`` (default 25000 x 2048).
+
+    Like globally average-pooled post-ReLU CNN features: non-negative, about a third
+    exact zeros, a few strongly informative channels among many weak ones,
+    per-image "content" shared across channels, and a small share of ambiguous
+    images.  Classes are balanced (N // 2 of each, the odd row in class 1).
+
+    Generative model, per image i with label s_i = +-1 and channel j::
+
+        z_ij = mu_j + sigma_j * (a * t_i * s_i * v_j + u_i . L_j + e_ij)
+        x_ij = max(z_ij, 0) * scale
+
+    with ``t_i`` an image's class clarity (mostly ~1, a few per cent near or
+    below 0), ``v_j`` a sparse-ish class direction, ``u_i . L_j`` a rank-8
+    content term and ``e_ij`` white noise; ``mu_j`` is set so that about one
+    third of the ``z_ij`` fall below zero.  Its constants are tuned so that the
+    seed's softmax recipe (Dropout 0.5, SGD lr 1e-3, batch 128, 5 epochs) gives
+    seed-like numbers at full size (see README).
+    """
+    if n < 4 or d < 1:
+        raise FeatureError("features 'synthetic'", f"size must be at least 4 x 1, got {n} x {d}")
+    rng = np.random.default_rng([seed, 0x5EED])
+    y = np.zeros(n, dtype=np.int64)
+    y[: n - n // 2] = 1
+    rng.shuffle(y)
+    s = (2.0 * y - 1.0).astype(np.float32)
+
+    # channel properties
+    sigma = np.exp(rng.normal(0.0, 0.35, d)).astype(np.float32)
+    v = rng.standard_normal(d).astype(np.float32)
+    v *= (rng.random(d) < 0.25).astype(np.float32) * 2.5 + 0.35  # a quarter strongly informative
+    v /= np.sqrt(np.mean(v * v))
+    rank = 8
+    L = (rng.standard_normal((rank, d)) * 0.45).astype(np.float32)
+
+    # image properties: clarity t (a few per cent ambiguous or misleading)
+    t = rng.normal(1.0, 0.45, n).astype(np.float32)
+    u = rng.standard_normal((n, rank)).astype(np.float32)
+
+    a = _SURROGATE_SIGNAL
+    z = rng.standard_normal((n, d), dtype=np.float32)
+    z += u @ L
+    z += np.outer(a * t * s, v).astype(np.float32)
+    # threshold so that ~1/3 are below zero: noise sd is sqrt(1 + 0.45^2*rank + signal)
+    sd = np.sqrt(1.0 + 0.45**2 * rank + (a * v) ** 2 * (1 + 0.45**2)).astype(np.float32)
+    z += 0.4307 * sd  # Phi(-0.4307) = 1/3
+    z *= sigma
+    np.maximum(z, 0.0, out=z)
+    z *= _SURROGATE_SCALE
+    return Dataset(z, y, source=_synthetic_name(n, d), split_seed=split_seed,
+                   description=f"built-in GAP-like surrogate, seed {seed}")
+
+
+# tuned constants of the surrogate (see README: measured trajectory vs the seed's)
+_SURROGATE_SIGNAL = 0.45
+_SURROGATE_SCALE = 0.175
+
+
+def _synthetic_name(n: int, d: int) -> str:
+    return "synthetic" if (n, d) == SURROGATE_SHAPE else f"synthetic:{n}x{d}"
+
+
+# --------------------------------------------------------------------------- scikit-learn
+def breast_cancer(*, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """scikit-learn's Wisconsin breast cancer set (569 x 30), standardised per feature.
+
+    Label 1 = benign, 0 = malignant (scikit-learn's own coding).  Standardisation
+    uses the whole set's mean and standard deviation (no fitting on labels).
+    """
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    X = bunch.data.astype(np.float64)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    return Dataset(X.astype(np.float32), bunch.target, source="breast-cancer", split_seed=split_seed,
+                   description="scikit-learn breast cancer (569 x 30, standardised); 1 = benign")
+
+
+def digits(*, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 x 64) as a binary task: even (0) vs odd (1) digit.
+
+    Pixel values 0..16 are divided by 16.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X = (bunch.data / 16.0).astype(np.float32)
+    y = (bunch.target % 2).astype(np.int64)
+    return Dataset(X, y, source="digits", split_seed=split_seed,
+                   description="scikit-learn digits (1797 x 64, pixels / 16); label 1 = odd digit")
+
+
+# --------------------------------------------------------------------------- sources
+_SYNTH_RE = re.compile(r"^synthetic(?::(\d+)x(\d+))?$")
+
+
+def load_features(source: str | os.PathLike | None = None, *, split_seed: int = DEFAULT_SEED,
+                  surrogate_seed: int = DEFAULT_SEED) -> Dataset:
+    """Load a features source by name.
+
+    ``source`` is one of: ``None`` or ``"synthetic"`` (the full surrogate),
+    ``"synthetic:NxD"`` (a surrogate of that size), ``"breast-cancer"``,
+    ``"digits"``, a path to an h5 file in the seed's schema, or several paths
+    joined with commas.
+    """
+    if source is None:
+        source = "synthetic"
+    src = str(source).strip()
+    m = _SYNTH_RE.match(src)
+    if m:
+        n, d = (int(m.group(1)), int(m.group(2))) if m.group(1) else SURROGATE_SHAPE
+        return surrogate(n, d, seed=surrogate_seed, split_seed=split_seed)
+    if src == "breast-cancer":
+        return breast_cancer(split_seed=split_seed)
+    if src == "digits":
+        return digits(split_seed=split_seed)
+    if not src:
+        raise FeatureError("features ''", "empty source; give an h5 path or one of " + ", ".join(BUILTIN_SOURCES))
+    paths = [p.strip() for p in src.split(",")]
+    if any(not p for p in paths):
+        raise FeatureError(f"features '{src}'", "empty path in the comma-separated list")
+    if len(paths) == 1 and not _looks_like_path(paths[0]):
+        raise FeatureError(
+            f"features '{src}'",
+            "is neither an existing file nor a built-in source (" + ", ".join(BUILTIN_SOURCES) + ", synthetic:NxD)",
+        )
+    return join_h5(paths, split_seed=split_seed)
+
+
+def _looks_like_path(s: str) -> bool:
+    return os.path.exists(s) or os.sep in s or s.endswith((".h5", ".hdf5", ".hdf"))

@@ -1,0 +1,198 @@
+"""``Plan``: everything that decides a training run and is not a framework.
+
+A plan draws the per-epoch batch order and the per-step dropout masks once, with
+NumPy, so every backend sees the same ones; equivalence can then be checked to
+float precision.  Draws are keyed by ``(seed, stream, epoch)`` with counter-free
+seeding (``numpy.random.SeedSequence``), so any epoch can be drawn on its own, in
+any order, bit for bit the same, and only one epoch's masks ever exist at once.
+
+Masks are drawn as bytes from an SFC64 generator and compared with a threshold:
+the keep probability is exact for dropout rates that are multiples of 1/256
+(0.5, 0.25, 0.1015625, ...), otherwise it is quantised to 1/65536.  Kept units
+are scaled by ``1 / (1 - rate)`` (inverted dropout, as Keras and PyTorch do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import heads as _heads
+from .errors import InputError
+
+DTYPES = ("float32", "float64")
+
+# stream ids keep the plan's independent random draws apart
+_ORDER, _MASK, _INIT = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer spec every backend can build.
+
+    ``name`` is ``"sgd"`` (with optional ``momentum`` and ``nesterov``) or
+    ``"adam"`` (``beta_1``, ``beta_2``, ``epsilon``).  Defaults are Keras's
+    (Adam epsilon 1e-7).
+    """
+
+    name: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+    NAMES = ("sgd", "adam")
+    #: the short names ``parse`` accepts, each a complete spec
+    PRESETS = ("sgd", "momentum", "nesterov", "adam")
+
+    def __post_init__(self):
+        if self.name not in self.NAMES:
+            raise InputError(f"optimizer {self.name!r} is not supported; expected one of {', '.join(self.PRESETS)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise InputError(f"optimizer momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0.0:
+            raise InputError("optimizer nesterov=True needs momentum > 0")
+
+    @classmethod
+    def parse(cls, spec: str | Optimizer) -> Optimizer:
+        """``"sgd"``, ``"momentum"`` (0.9), ``"nesterov"`` (0.9), ``"adam"``."""
+        if isinstance(spec, Optimizer):
+            return spec
+        key = str(spec).strip().lower()
+        if key == "sgd":
+            return cls("sgd")
+        if key == "momentum":
+            return cls("sgd", momentum=0.9)
+        if key == "nesterov":
+            return cls("sgd", momentum=0.9, nesterov=True)
+        if key == "adam":
+            return cls("adam")
+        raise InputError(f"unknown optimizer {spec!r}; expected one of {', '.join(cls.PRESETS)}")
+
+    @property
+    def label(self) -> str:
+        """Short name for test ids and tables: sgd, momentum, nesterov, adam."""
+        if self.name == "sgd":
+            if self.nesterov:
+                return "nesterov"
+            return "momentum" if self.momentum else "sgd"
+        return self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Epochs, batch size, learning rate, optimizer, dropout rate, seed and dtype.
+
+    The plan does not depend on the head or the learning rate: a softmax run and
+    a sigmoid run at twice the rate share batch orders and masks when they share
+    ``seed`` and ``mask_stream`` (set ``mask_stream`` apart for independent masks).
+    """
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    dropout: float = 0.5
+    seed: int = 20180520
+    dtype: str = "float32"
+    mask_stream: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.optimizer, str):
+            object.__setattr__(self, "optimizer", Optimizer.parse(self.optimizer))
+        if int(self.epochs) != self.epochs or self.epochs < 1:
+            raise InputError(f"epochs must be a positive integer, got {self.epochs}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise InputError(f"batch size must be a positive integer, got {self.batch_size}")
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise InputError(f"learning rate must be a positive number, got {self.lr}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"dropout rate must be in [0, 1), got {self.dropout}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed}")
+
+    # -- derived ------------------------------------------------------------------
+    def replace(self, **changes) -> Plan:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def mask_scale(self) -> float:
+        """Inverted dropout: kept units are multiplied by 1 / (1 - rate)."""
+        return 1.0 / (1.0 - self.dropout)
+
+    def steps_per_epoch(self, n: int) -> int:
+        """ceil(n / batch_size): a last partial batch is kept, as Keras does."""
+        return -(-int(n) // self.batch_size)
+
+    def batch_bounds(self, n: int) -> list[tuple[int, int]]:
+        """(start, stop) of each step's rows within an epoch's order."""
+        bs = self.batch_size
+        return [(s, min(s + bs, n)) for s in range(0, n, bs)]
+
+    # -- draws --------------------------------------------------------------------
+    def _rng(self, stream: int, *key: int, bit_generator=np.random.PCG64) -> np.random.Generator:
+        return np.random.Generator(bit_generator(np.random.SeedSequence([self.seed, stream, *key])))
+
+    def batch_order(self, epoch: int, n: int) -> np.ndarray:
+        """The permutation of the n training rows used in ``epoch`` (0-based)."""
+        self._check_epoch(epoch)
+        return self._rng(_ORDER, epoch).permutation(n)
+
+    def epoch_masks(self, epoch: int, n: int, d: int) -> np.ndarray | None:
+        """Keep-masks (n, d) bool for ``epoch``, row k for the k-th sample in its order.
+
+        ``None`` when the plan has no dropout.  Step s uses rows
+        ``batch_bounds(n)[s]``.  About n*d bytes; only one epoch is drawn at a time.
+        """
+        self._check_epoch(epoch)
+        if self.dropout == 0.0:
+            return None
+        g = np.random.SFC64(np.random.SeedSequence([self.seed, _MASK, self.mask_stream, epoch]))
+        size = int(n) * int(d)
+        keep = 1.0 - self.dropout
+        t8 = keep * 256
+        if t8 == int(t8):  # exact with one byte per unit
+            raw = g.random_raw(-(-size // 8)).view(np.uint8)[:size]
+            mask = raw < np.uint16(t8) if t8 < 256 else np.ones(size, bool)
+        else:
+            raw = g.random_raw(-(-size // 4)).view(np.uint16)[:size]
+            mask = raw < np.uint32(round(keep * 65536))
+        return mask.reshape(n, d)
+
+    def initial_weights(self, head: str, d: int, stream: int = 0) -> _heads.Weights:
+        """Keras-style Glorot-uniform initial weights for ``head``, drawn from the seed.
+
+        ``stream`` separates independent draws (e.g. a sigmoid's own random init).
+        """
+        rng = self._rng(_INIT, _heads.UNITS[_heads.check_head(head)], stream)
+        return _heads.glorot_uniform(head, d, rng, dtype=np.float64)
+
+    def _check_epoch(self, epoch: int) -> None:
+        if not 0 <= epoch < self.epochs:
+            raise IndexError(f"epoch {epoch} outside the plan's 0..{self.epochs - 1}")
+
+    # -- serialisation -----------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["optimizer"] = self.optimizer.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        d = dict(d)
+        d["optimizer"] = Optimizer(**d["optimizer"])
+        return cls(**d)
+
+    def describe(self) -> str:
+        return (
+            f"{self.optimizer.label} lr {self.lr:g}, batch {self.batch_size}, {self.epochs} epochs, "
+            f"dropout {self.dropout:g}, seed {self.seed}, {self.dtype}"
+        )
