@@ -1,0 +1,136 @@
+"""The pytest plugin: options, the report header, parametrisation and fixtures.
+
+Registered through the ``pytest11`` entry point.  Loading it imports no
+framework; fixtures import their machinery inside the function body.
+
+Options (each with an environment variable that stands in for it):
+
+- ``--backend NAMES`` (``EQUIVTEST_BACKEND``): comma list of numpy, torch, keras.
+- ``--device NAMES`` (``EQUIVTEST_DEVICE``): cpu, cuda[:N], mps, auto.
+- ``--features SOURCE`` (``EQUIVTEST_FEATURES``): h5 path(s), synthetic[:NxD], breast-cancer, digits.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+_KEY = pytest.StashKey()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("equivtest", "softmax/sigmoid equivalence")
+    group.addoption(
+        "--backend", dest="equivtest_backend", default=None, metavar="NAMES",
+        help="comma list of backends to test: numpy, torch, keras (env EQUIVTEST_BACKEND; "
+             "default: every installed one)",
+    )
+    group.addoption(
+        "--device", dest="equivtest_device", default=None, metavar="NAMES",
+        help="comma list of devices: cpu, cuda[:N], mps, auto; one asked for but absent is a usage error "
+             "(env EQUIVTEST_DEVICE; default: cpu)",
+    )
+    group.addoption(
+        "--features", dest="equivtest_features", default=None, metavar="SOURCE",
+        help="features: an h5 file in the seed's schema, several joined with commas, synthetic[:NxD], "
+             "breast-cancer or digits (env EQUIVTEST_FEATURES; default: synthetic:2000x128)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a GPU named with --device (skipped otherwise)")
+    config.addinivalue_line("markers", "needs_backends(*names): runs only when every named backend is selected")
+    from .errors import InputError
+    from .session import Selection
+
+    try:
+        sel = Selection.from_options(
+            config.getoption("equivtest_backend"), config.getoption("equivtest_device"),
+            config.getoption("equivtest_features"),
+        )
+        if sel.explicit_features:
+            sel.dataset()
+        sel.check_devices()
+    except InputError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_KEY] = sel
+
+
+def _selection(config):
+    return config.stash[_KEY]
+
+
+def pytest_report_header(config):
+    return _selection(config).header_lines()
+
+
+def pytest_generate_tests(metafunc):
+    sel = _selection(metafunc.config)
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", sel.backends, indirect=True, scope="session")
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", sel.devices, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers become skips here, each naming the flag or extra responsible."""
+    sel = _selection(config)
+    gpu_asked = any(d.split(":")[0] in ("cuda", "mps") for d in sel.devices) and sel.explicit_devices
+    for item in items:
+        if item.get_closest_marker("gpu") and not gpu_asked:
+            item.add_marker(pytest.mark.skip(reason="needs a GPU: run with --device=cuda (or EQUIVTEST_DEVICE=cuda)"))
+        m = item.get_closest_marker("needs_backends")
+        if m:
+            absent = [n for n in m.args if n not in sel.backends]
+            missing = [sel.missing[n] for n in m.args if n in sel.missing]
+            if absent:
+                item.add_marker(pytest.mark.skip(reason=f"needs backends {', '.join(absent)}: add them to --backend"))
+            elif missing:
+                item.add_marker(pytest.mark.skip(reason=missing[0]))
+
+
+@pytest.fixture(scope="session")
+def equivtest_selection(request):
+    """The session's backends, devices and features (``equivtest.session.Selection``)."""
+    return _selection(request.config)
+
+
+@pytest.fixture(scope="session")
+def backend(request, equivtest_selection):
+    """A backend instance; a backend that is not installed is skipped with the extra to install."""
+    from . import backends
+
+    name = request.param
+    if name in equivtest_selection.missing:
+        pytest.skip(equivtest_selection.missing[name])
+    return backends.get(name)
+
+
+@pytest.fixture(scope="session")
+def device(request, equivtest_selection, backend):
+    """The device for ``backend`` (``cpu``, ``cuda:0``, ...); skipped where the backend cannot use it."""
+    reason = equivtest_selection.device_skip_reason(backend.name, request.param)
+    if reason:
+        pytest.skip(reason)
+    return backend.resolve_device(request.param)
+
+
+@pytest.fixture(scope="session")
+def dataset(equivtest_selection):
+    """The features under test (``--features``), split 80/20."""
+    return equivtest_selection.dataset()
+
+
+@pytest.fixture
+def plan():
+    """A small, fast default plan for the suite: SGD, batch 64, 3 epochs, dropout 0.5, float32."""
+    from .plan import Plan
+
+    return Plan(epochs=3, batch_size=64, lr=1e-2, optimizer="sgd", dropout=0.5, seed=20180520, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """A factory: the NumPy float64 oracle matching a backend's conventions."""
+    from .backends.numpy import reference_for
+
+    return reference_for

@@ -1,0 +1,151 @@
+"""What the plugin and the CLI decide once per run: backends, devices, features.
+
+Parsing and validation live here so that ``plugin.py`` holds hooks and fixtures
+only.  Nothing here imports a framework unless a non-CPU device was asked for
+(checking that a GPU is really there needs the framework).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from . import backends as _registry
+from .errors import InputError
+
+DEVICE_CHOICES = ("cpu", "cuda", "mps", "auto")
+#: the suite's default features: a small surrogate, fast on 2 cores
+DEFAULT_TEST_FEATURES = "synthetic:2000x128"
+#: which device kinds each backend can ever use (a capability, not a probe)
+DEVICE_KINDS = {"numpy": ("cpu",), "torch": ("cpu", "cuda", "mps"), "keras": ("cpu", "cuda")}
+
+ENV_BACKEND = "EQUIVTEST_BACKEND"
+ENV_DEVICE = "EQUIVTEST_DEVICE"
+ENV_FEATURES = "EQUIVTEST_FEATURES"
+
+
+def parse_devices(spec: str | None) -> list[str]:
+    """``"cpu,cuda"`` -> ``["cpu", "cuda"]``; ``cuda:N`` allowed; unknown names fail."""
+    if spec is None or not str(spec).strip():
+        return ["cpu"]
+    out = []
+    for raw in str(spec).split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        base = name.split(":")[0]
+        if base not in DEVICE_CHOICES or (":" in name and (base != "cuda" or not name.split(":")[1].isdigit())):
+            raise InputError(f"unknown device {raw.strip()!r}; valid names: {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+        if name not in out:
+            out.append(name)
+    return out or ["cpu"]
+
+
+def framework_version(name: str) -> str:
+    """The installed version of a backend's framework, read without importing it."""
+    dists = {"numpy": ["numpy"], "torch": ["torch"], "keras": ["keras", "tensorflow", "tensorflow-cpu"]}[name]
+    found = []
+    for dist in dists:
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return " / ".join(found) or "not installed"
+
+
+@dataclass
+class Selection:
+    """The backends, devices and features of one pytest session or CLI run."""
+
+    backends: list[str]
+    explicit_backends: bool
+    devices: list[str]
+    explicit_devices: bool
+    features: str
+    explicit_features: bool
+    missing: dict[str, str] = field(default_factory=dict)  # unnamed backends not installed -> reason
+    _dataset: object = None
+
+    @classmethod
+    def from_options(cls, backend: str | None, device: str | None, features: str | None) -> Selection:
+        """Validate options (or their environment variables); raise InputError on a usage error."""
+        backend = backend if backend is not None else os.environ.get(ENV_BACKEND) or None
+        device = device if device is not None else os.environ.get(ENV_DEVICE) or None
+        features = features if features is not None else os.environ.get(ENV_FEATURES) or None
+        names = _registry.parse_names(backend)
+        explicit = backend is not None and str(backend).strip() not in ("", "all")
+        missing = {}
+        for name in names:
+            ok, reason = _registry.available(name)
+            if not ok:
+                if explicit:
+                    raise InputError(reason)
+                missing[name] = reason
+        sel = cls(
+            backends=names, explicit_backends=explicit, devices=parse_devices(device),
+            explicit_devices=device is not None, features=features or DEFAULT_TEST_FEATURES,
+            explicit_features=features is not None, missing=missing,
+        )
+        return sel
+
+    @property
+    def installed(self) -> list[str]:
+        return [n for n in self.backends if n not in self.missing]
+
+    def check_devices(self) -> None:
+        """Every explicitly asked-for accelerator must be seen by every installed backend able to use it.
+
+        Imports the frameworks concerned (only when a non-CPU device was named).
+        """
+        wanted = [d for d in self.devices if d not in ("cpu", "auto")]
+        if not wanted:
+            return
+        for dev in wanted:
+            kind = dev.split(":")[0]
+            able = [n for n in self.installed if kind in DEVICE_KINDS[n]]
+            if not able:
+                raise InputError(
+                    f"device '{dev}' was asked for, but none of the selected backends "
+                    f"({', '.join(self.installed) or 'none'}) can use a {kind} device"
+                )
+            for name in able:
+                be = _registry.get(name)
+                be.resolve_device(dev)  # raises DeviceUnavailable (an InputError) if absent
+
+    def device_skip_reason(self, backend: str, device: str) -> str | None:
+        kind = device.split(":")[0]
+        if device != "auto" and kind not in DEVICE_KINDS[backend]:
+            return f"backend '{backend}' cannot use a {kind} device (it runs on: {', '.join(DEVICE_KINDS[backend])})"
+        return None
+
+    def dataset(self):
+        """The features, loaded once (bad files raise the foundation's FeatureError)."""
+        if self._dataset is None:
+            from .data import load_features
+
+            self._dataset = load_features(self.features)
+        return self._dataset
+
+    def header_lines(self) -> list[str]:
+        lines = []
+        tf32 = os.environ.get("EQUIVTEST_TF32", "0")
+        parts = []
+        for name in self.backends:
+            if name in self.missing:
+                parts.append(f"{name} (not installed: pip install 'equivtest[{_registry.info(name).extra}]')")
+            else:
+                parts.append(f"{name} ({framework_version(name)})")
+        lines.append("equivtest backends: " + ", ".join(parts))
+        lines.append(
+            f"equivtest devices: {', '.join(self.devices)}; dtypes float32, float64; "
+            f"TF32 {'on' if tf32.lower() in ('1', 'true', 'yes', 'on') else 'off'} (EQUIVTEST_TF32)"
+        )
+        feat = self.features
+        if self._dataset is not None:
+            feat = self._dataset.summary()
+        lines.append(f"equivtest features: {feat}")
+        env = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("EQUIVTEST_"))
+        if env:
+            lines.append("equivtest environment: " + " ".join(env))
+        return lines

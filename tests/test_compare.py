@@ -1,0 +1,56 @@
+"""Comparisons say which pair, where it split, by how much, and the tolerance."""
+
+import numpy as np
+import pytest
+
+from equivtest.compare import (
+    TOLERANCES,
+    assert_allclose,
+    assert_trajectories_close,
+    assert_trajectories_differ,
+    compare_series,
+)
+from equivtest.heads import Weights
+from equivtest.trajectory import Trajectory
+
+
+def traj(loss, label):
+    w = Weights(np.zeros((2, 1)), np.zeros(1))
+    n = len(loss)
+    return Trajectory(loss, [np.mean(loss)], [0.5], [0.3], [0.9], w,
+                      {"backend": label, "head": "sigmoid", "dtype": "float32", "lr": 0.002, "steps": n})
+
+
+def test_failure_names_pair_first_step_and_tolerance():
+    a = traj([0.7, 0.6, 0.5, 0.4], "torch")
+    b = traj([0.7, 0.6, 0.5003, 0.4001], "keras")
+    with pytest.raises(AssertionError) as info:
+        assert_trajectories_close(a, b)
+    msg = str(info.value)
+    assert "torch-sigmoid@0.002 vs keras-sigmoid@0.002" in msg
+    assert "first at step 2" in msg
+    assert "2 steps (50.0%)" in msg
+    assert "atol=1e-05" in msg
+    assert "max |diff| 0.0003" in msg
+
+
+def test_close_runs_pass_and_controls_fail_when_too_close():
+    a = traj([0.7, 0.6], "a")
+    b = traj([0.7, 0.6 + 1e-7], "b")
+    assert assert_trajectories_close(a, b).ok
+    with pytest.raises(AssertionError, match="negative control failed"):
+        assert_trajectories_differ(a, b)
+
+
+def test_shapes_are_checked_before_values_and_nan_is_a_mismatch():
+    with pytest.raises(AssertionError, match="shapes differ"):
+        compare_series([1, 2], [1, 2, 3])
+    c = compare_series([1.0, np.nan], [1.0, 1.0], atol=1)
+    assert not c.ok and c.first == 1
+
+
+def test_tolerances_are_data():
+    assert TOLERANCES["float32"]["atol"] == 1e-5
+    assert TOLERANCES["float64"]["atol"] == 1e-10
+    with pytest.raises(AssertionError, match="mean"):
+        assert_allclose([0.0, 1.0], [0.0, 1.1], atol=1e-3)

@@ -1,0 +1,140 @@
+"""Feature data: the seed's h5 schema, every input check, the surrogate, the split."""
+
+import h5py
+import numpy as np
+import pytest
+
+from equivtest.data import Dataset, join_h5, load_features, read_h5, surrogate, write_h5
+from equivtest.errors import FeatureError, InputError
+
+
+def make_h5(path, train=None, label=None, **extra):
+    rng = np.random.default_rng(0)
+    if train is None:
+        train = rng.random((40, 6)).astype(np.float32)
+    if label is None:
+        label = np.arange(40 if train is False else len(train)) % 2
+    with h5py.File(path, "w") as f:
+        if train is not False:
+            f.create_dataset("train", data=train)
+        if label is not False:
+            f.create_dataset("label", data=label)
+        for k, v in extra.items():
+            f.create_dataset(k, data=v)
+    return path
+
+
+def test_round_trip_write_then_read_is_exact(tmp_path):
+    ds = surrogate(60, 7)
+    path = write_h5(ds, tmp_path / "s.h5")
+    back = read_h5(path)
+    np.testing.assert_array_equal(back.X, ds.X)
+    np.testing.assert_array_equal(back.y, ds.y)
+    np.testing.assert_array_equal(back.X_val, ds.X_val)
+    with pytest.raises(FeatureError, match="already exists"):
+        write_h5(ds, path)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, bool, np.float32, np.float64])
+def test_labels_of_any_dtype_holding_0_1(tmp_path, dtype):
+    ds = read_h5(make_h5(tmp_path / "a.h5", label=(np.arange(40) % 2).astype(dtype)))
+    assert ds.y.dtype == np.int64 and set(ds.y) == {0, 1}
+
+
+def test_joined_files_concatenate_features_in_order(tmp_path):
+    rng = np.random.default_rng(1)
+    a, b = rng.random((40, 3)), rng.random((40, 5))
+    pa, pb = make_h5(tmp_path / "a.h5", a), make_h5(tmp_path / "b.h5", b)
+    ds = load_features(f"{pa},{pb}")
+    assert ds.shape == (40, 8)
+    np.testing.assert_array_equal(ds.X, np.concatenate([a, b], axis=1).astype(np.float32))
+    assert ds.source == f"{pa},{pb}"
+    assert join_h5([pb, pa]).X[0, 0] == np.float32(b[0, 0])
+
+
+def test_reading_does_not_modify_the_file(tmp_path):
+    p = make_h5(tmp_path / "a.h5")
+    before = p.read_bytes()
+    read_h5(p)
+    load_features(f"{p},{p}")
+    assert p.read_bytes() == before
+
+
+BAD = {
+    "missing file": (lambda t: t / "nope.h5", "no such file"),
+    "not hdf5": (lambda t: (t / "x.h5").write_text("hello") and t / "x.h5", "not an HDF5 file"),
+    "directory": (lambda t: t, "directory"),
+    "no train": (lambda t: make_h5(t / "a.h5", train=False), "dataset 'train' is missing"),
+    "no label": (lambda t: make_h5(t / "a.h5", label=False), "dataset 'label' is missing"),
+    "train 1-D": (lambda t: make_h5(t / "a.h5", train=np.zeros(40), label=np.arange(40) % 2), "must be 2-D"),
+    "train 3-D": (lambda t: make_h5(t / "a.h5", train=np.zeros((40, 2, 2))), "must be 2-D"),
+    "train strings": (lambda t: make_h5(t / "a.h5", train=np.full((40, 2), b"ab")), "not numeric"),
+    "rows differ": (lambda t: make_h5(t / "a.h5", label=np.arange(39) % 2), "'label' has 39 rows but 'train' has 40"),
+    "label 2": (lambda t: make_h5(t / "a.h5", label=np.arange(40) % 3), "only 0 and 1, found 2"),
+    "label 0.5": (lambda t: make_h5(t / "a.h5", label=np.full(40, 0.5)), "only 0 and 1, found 0.5"),
+    "one class": (lambda t: make_h5(t / "a.h5", label=np.ones(40)), "only class 1"),
+    "nan": (lambda t: make_h5(t / "a.h5", train=np.where(np.eye(40, 6) > 0, np.nan, 1.0)), "NaN at row 0, column 0"),
+    "inf": (lambda t: make_h5(t / "a.h5", train=np.where(np.eye(40, 6, k=2) > 0, np.inf, 1.0)), "infinite at row 0, column 2"),
+    "zero rows": (lambda t: make_h5(t / "a.h5", train=np.zeros((0, 4)), label=np.zeros(0)), "zero rows"),
+    "zero features": (lambda t: make_h5(t / "a.h5", train=np.zeros((40, 0))), "zero features"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gives_one_line_error_naming_file_and_problem(tmp_path, case):
+    make, expected = BAD[case]
+    path = make(tmp_path)
+    with pytest.raises(FeatureError) as info:
+        load_features(str(path))
+    msg = str(info.value)
+    assert expected in msg
+    assert "\n" not in msg
+    assert f"'{path}'" in msg
+    assert isinstance(info.value, ValueError) and isinstance(info.value, InputError)
+
+
+def test_join_refuses_different_n(tmp_path):
+    a = make_h5(tmp_path / "a.h5")
+    b = make_h5(tmp_path / "b.h5", train=np.zeros((38, 2)), label=np.arange(38) % 2)
+    with pytest.raises(FeatureError, match="has 40 rows in .* but 38 in"):
+        load_features(f"{a},{b}")
+
+
+def test_join_refuses_different_labels(tmp_path):
+    a = make_h5(tmp_path / "a.h5")
+    b = make_h5(tmp_path / "b.h5", label=1 - np.arange(40) % 2)
+    with pytest.raises(FeatureError, match="'label' differs \\(first at row 0"):
+        load_features(f"{a},{b}")
+
+
+def test_unknown_source_name():
+    with pytest.raises(FeatureError, match="neither an existing file nor a built-in source"):
+        load_features("imagenet")
+
+
+def test_surrogate_is_deterministic_gap_like_and_balanced():
+    a, b = surrogate(400, 64), surrogate(400, 64)
+    np.testing.assert_array_equal(a.X, b.X)
+    assert a.X.dtype == np.float32 and (a.X >= 0).all()
+    zeros = (a.X == 0).mean()
+    assert 0.25 < zeros < 0.42, zeros
+    assert abs(a.y.mean() - 0.5) <= 1 / 400
+    assert not np.array_equal(surrogate(400, 64, seed=1).X, a.X)
+    assert load_features("synthetic:400x64").source == "synthetic:400x64"
+
+
+def test_split_is_stratified_80_20_and_seeded():
+    ds = surrogate(1000, 8)
+    assert len(ds.y_train) == 800 and len(ds.y_val) == 200
+    assert abs(ds.y_train.mean() - ds.y_val.mean()) < 0.01
+    assert set(ds.split_indices[0]).isdisjoint(ds.split_indices[1])
+    other = Dataset(ds.X, ds.y, split_seed=1)
+    assert not np.array_equal(other.split_indices[0], ds.split_indices[0])
+
+
+def test_scikit_learn_sets():
+    bc = load_features("breast-cancer")
+    assert bc.shape == (569, 30)
+    np.testing.assert_allclose(bc.X.mean(axis=0), 0, atol=1e-5)
+    dg = load_features("digits")
+    assert dg.shape == (1797, 64) and set(dg.y) == {0, 1}

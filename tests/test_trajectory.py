@@ -1,0 +1,39 @@
+"""Softmax at lr vs sigmoid at 2 lr from converted weights, shared plan, in each backend."""
+
+import pytest
+from helpers import seed_trio
+
+from equivtest.compare import TOLERANCES, assert_trajectories_close, assert_trajectories_differ
+
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adam"]
+
+
+def _plan(plan, optimizer, dtype):
+    return plan.replace(optimizer=optimizer, dtype=dtype, lr=1e-3 if optimizer == "adam" else plan.lr)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_trajectory(backend, device, dataset, plan, optimizer, dtype):
+    if dtype == "float64" and not backend.supports_float64:
+        pytest.skip(f"backend '{backend.name}' does not support float64")
+    p = _plan(plan, optimizer, dtype)
+    _, soft, sig = seed_trio(backend, p, dataset, device=device)
+    cmp = assert_trajectories_close(soft, sig, **TOLERANCES[dtype])
+    assert cmp.fields["step_loss"].n == p.epochs * p.steps_per_epoch(len(dataset.y_train))
+    assert soft.epoch_loss[-1] < soft.step_loss[0]  # it trained
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_negative_control_sigmoid_at_softmax_rate(backend, device, dataset, plan, optimizer):
+    p = _plan(plan, optimizer, "float32")
+    _, soft, sig = seed_trio(backend, p, dataset, device=device, factor=1.0)
+    assert_trajectories_differ(soft, sig, factor=100, **TOLERANCES["float32"])
+
+
+def test_trajectory_is_deterministic(backend, device, dataset, plan):
+    w = plan.initial_weights("softmax", dataset.n_features)
+    a = backend.train("softmax", w, plan, dataset, device=device)
+    b = backend.train("softmax", w, plan, dataset, device=device)
+    assert a.step_loss.tobytes() == b.step_loss.tobytes()
+    assert a.weights.kernel.tobytes() == b.weights.kernel.tobytes()
