@@ -131,7 +131,7 @@ def _problem_with_train(train) -> str | None:
     if train.shape[0] == 0:
         return "dataset 'train' has zero rows"
     if train.shape[1] == 0:
-        return "dataset 'train' has zero features (shape {})".format(train.shape)
+        return f"dataset 'train' has zero features (shape {train.shape})"
     return None
 
 

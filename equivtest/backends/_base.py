@@ -75,12 +75,14 @@ class BaseBackend:
         raise NotImplementedError(f"backend '{self.name}' does not implement predict_proba()")
 
     def train(self, head: str, init: Weights, plan: Plan, data: Dataset, *, device: str = "cpu",
-              masks: str = "plan") -> Trajectory:
+              masks: str = "plan", callback=None) -> Trajectory:
         """Train ``head`` from ``init`` under ``plan`` on ``data.X_train``; evaluate on ``X_val``.
 
         ``masks="plan"`` multiplies in the plan's dropout masks (shared by every
         backend); ``masks="native"`` uses the framework's own Dropout layer,
         seeded from ``plan.seed`` and ``plan.mask_stream`` (the seed's setting).
+        ``callback(epoch, logs)``, if given, is called after each epoch with
+        ``logs = {"loss", "accuracy", "val_loss", "val_accuracy"}``.
         """
         raise NotImplementedError(f"backend '{self.name}' does not implement train()")
 
@@ -103,6 +105,17 @@ class BaseBackend:
             "device": device, "dtype": plan.dtype, "lr": plan.lr, "optimizer": plan.optimizer.label,
             "masks": masks, "features": data.source, "plan": plan.to_dict(),
         }
+
+
+def epoch_logs(losses, correct, sizes, val_loss, val_accuracy) -> dict:
+    """One epoch's Keras-style figures from its steps' losses, correct counts and batch sizes."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    return {
+        "loss": float(np.dot(np.asarray(losses, dtype=np.float64), sizes) / sizes.sum()),
+        "accuracy": float(np.sum(correct) / sizes.sum()),
+        "val_loss": float(val_loss),
+        "val_accuracy": float(val_accuracy),
+    }
 
 
 def batch_sizes(plan: Plan, n: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from keras import ops  # noqa: E402
 from ..heads import SOFTMAX, UNITS, Weights  # noqa: E402
 from ..plan import Plan  # noqa: E402
 from ..trajectory import Trajectory  # noqa: E402
-from ._base import BaseBackend, batch_sizes  # noqa: E402
+from ._base import BaseBackend, batch_sizes, epoch_logs  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras imported earlier elsewhere
     raise ImportError(
@@ -157,18 +157,18 @@ class Backend(BaseBackend):
             return keras.optimizers.Adam(learning_rate=plan.lr, beta_1=s.beta_1, beta_2=s.beta_2, epsilon=s.epsilon)
         raise NotImplementedError(f"backend 'keras' has no optimizer {s.name!r}")
 
-    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan") -> Trajectory:
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         previous = keras.config.floatx()
         keras.config.set_floatx(plan.dtype)  # losses, metrics and the optimizer's lr in the plan's dtype
         try:
             with tf.device(self.tf_device(device)):
-                return self._train(head, init, plan, data, device, masks)
+                return self._train(head, init, plan, data, device, masks, callback)
         finally:
             keras.config.set_floatx(previous)
 
-    def _train(self, head, init, plan: Plan, data, device, masks) -> Trajectory:
+    def _train(self, head, init, plan: Plan, data, device, masks, callback) -> Trajectory:
         dt = plan.dtype
         X, y = data.X_train.astype(dt, copy=False), data.y_train
         n, d = X.shape
@@ -194,6 +194,7 @@ class Backend(BaseBackend):
         Y = _targets(head, y, dt)
         Xv, Yv = data.X_val.astype(dt, copy=False), _targets(head, data.y_val, dt)
 
+        sizes = batch_sizes(plan, n)
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
@@ -206,8 +207,10 @@ class Backend(BaseBackend):
             ev = evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0, return_dict=True)
             val_loss.append(ev["loss"])
             val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
+            if callback is not None:
+                callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], val_loss[-1], val_acc[-1]))
         kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
         return Trajectory.from_steps(
-            np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps, val_loss, val_acc,
+            np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
             Weights(kernel, bias), self._meta(head, plan, data, device, masks),
         )

@@ -27,7 +27,7 @@ from ..heads import SOFTMAX, Weights, n_params
 from ..heads import predict_proba as _predict_proba
 from ..plan import Optimizer, Plan
 from ..trajectory import Trajectory
-from ._base import BaseBackend, batch_sizes
+from ._base import BaseBackend, batch_sizes, epoch_logs
 
 
 class Backend(BaseBackend):
@@ -50,7 +50,7 @@ class Backend(BaseBackend):
         self.resolve_device(device)
         return _predict_proba(weights.astype(dtype), np.asarray(X, dtype=dtype))
 
-    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan") -> Trajectory:
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         dt = np.dtype(plan.dtype)
@@ -63,6 +63,7 @@ class Backend(BaseBackend):
         scale = dt.type(plan.mask_scale)
         mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.mask_stream + 1_000_003)
         bounds = plan.batch_bounds(n)
+        sizes = batch_sizes(plan, n)
 
         losses, correct = [], []
         val_loss, val_acc = [], []
@@ -81,8 +82,11 @@ class Backend(BaseBackend):
             vl, vr, _ = _loss_and_grad(head, data.X_val.astype(dt, copy=False) @ K + b, data.y_val, grad=False)
             val_loss.append(vl)
             val_acc.append(vr / len(data.y_val))
+            if callback is not None:
+                k = len(bounds)
+                callback(epoch, epoch_logs(losses[-k:], correct[-k:], sizes[:k], vl, val_acc[-1]))
         return Trajectory.from_steps(
-            losses, correct, batch_sizes(plan, n), len(bounds), val_loss, val_acc,
+            losses, correct, sizes, len(bounds), val_loss, val_acc,
             Weights(K, b), self._meta(head, plan, data, device, masks),
         )
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..heads import SOFTMAX, UNITS, Weights, from_torch_layout, to_torch_layout
 from ..plan import Plan
 from ..trajectory import Trajectory
-from ._base import BaseBackend, batch_sizes
+from ._base import BaseBackend, batch_sizes, epoch_logs
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -89,7 +89,7 @@ class Backend(BaseBackend):
             return torch.optim.Adam(params, lr=plan.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon)
         raise NotImplementedError(f"backend 'torch' has no optimizer {s.name!r}")
 
-    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan") -> Trajectory:
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         dev = torch.device(device)
@@ -109,6 +109,9 @@ class Backend(BaseBackend):
         if masks == "native" and plan.dropout > 0:
             dropout = nn.Dropout(plan.dropout)
         val_loss, val_acc = [], []
+        sizes = batch_sizes(plan, n)
+        Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
+        yv = torch.as_tensor(data.y_val, device=dev)
         step = 0
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.seed * 1_000_003 + plan.mask_stream)
@@ -139,19 +142,21 @@ class Backend(BaseBackend):
                     losses[step] = loss.detach()
                     correct[step] = right
                     step += 1
-                vl, va = self._evaluate(head, layer, data, dev, dt)
+                vl, va = self._evaluate(head, layer, Xv, yv, dt)
                 val_loss.append(vl)
                 val_acc.append(va)
+                if callback is not None:
+                    k = len(bounds)
+                    callback(epoch, epoch_logs(losses[step - k:step].cpu().numpy(), correct[step - k:step].cpu().numpy(),
+                                               sizes[:k], vl, va))
         weights = from_torch_layout(layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy())
         return Trajectory.from_steps(
-            losses.cpu().numpy(), correct.cpu().numpy(), batch_sizes(plan, n), len(bounds), val_loss, val_acc,
+            losses.cpu().numpy(), correct.cpu().numpy(), sizes, len(bounds), val_loss, val_acc,
             weights, self._meta(head, plan, data, device, masks),
         )
 
-    def _evaluate(self, head, layer, data, dev, dt):
+    def _evaluate(self, head, layer, Xv, yv, dt):
         with torch.no_grad():
-            Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
-            yv = torch.as_tensor(data.y_val, device=dev)
             z = layer(Xv)
             if head == SOFTMAX:
                 loss = F.cross_entropy(z, yv)
@@ -159,4 +164,4 @@ class Backend(BaseBackend):
             else:
                 loss = F.binary_cross_entropy_with_logits(z[:, 0], yv.to(dt))
                 right = ((z[:, 0] > 0) == (yv == 1)).sum()
-        return float(loss), int(right) / len(data.y_val)
+        return float(loss), int(right) / len(yv)

@@ -1,0 +1,268 @@
+"""The ``equivtest`` command.
+
+``equivtest run``: the seed's experiment on every installed backend, with a
+table, the checks, ``report.json``, ``report.md`` and plots.
+``equivtest compare A.json B.json``: diff two reports; exit 1 past a tolerance.
+``equivtest write-features OUT.h5``: write a features source in the seed's h5 schema.
+
+Exit codes: 0 all checks pass; 1 a check failed; 2 usage or input error (one
+line on stderr, no traceback); 130 interrupted (after writing what finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from .errors import BackendUnavailable, InputError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="equivtest", description="Prove that a two-class softmax head and a one-logit sigmoid head "
+                                              "are the same classifier, by training both.")
+    p.add_argument("--version", action="version", version=f"equivtest {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="reproduce the seed experiment (default: built-in 25000 x 2048 surrogate)")
+    r.add_argument("--features", default="synthetic",
+                   help="h5 file(s) in the seed's schema (comma-joined), synthetic[:NxD], breast-cancer, digits "
+                        "(default: synthetic, 25000 x 2048)")
+    r.add_argument("--backend", default=None, help="comma list of numpy, torch, keras (default: every installed one)")
+    r.add_argument("--device", default="cpu", help="cpu, cuda[:N], mps or auto (default: cpu)")
+    r.add_argument("--epochs", type=_positive_int, default=5, help="default: 5")
+    r.add_argument("--batch-size", type=_positive_int, default=128, help="default: 128")
+    r.add_argument("--lr", type=_positive_float, default=1e-3, help="softmax learning rate; sigmoid gets 2x (default: 0.001)")
+    r.add_argument("--lr-factor", type=_positive_float, default=2.0,
+                   help="sigmoid lr = factor x softmax lr; 1 is the negative control that must fail (default: 2)")
+    r.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "nesterov", "adam"], help="default: sgd")
+    r.add_argument("--dropout", type=float, default=0.5, help="dropout rate before the Dense layer (default: 0.5)")
+    r.add_argument("--seed", type=int, default=20180520, help="default: 20180520 (the seed's)")
+    r.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
+    r.add_argument("--masks", default="shared", choices=["shared", "independent"],
+                   help="dropout masks shared by the runs, or drawn independently as in the seed (default: shared)")
+    r.add_argument("--out", default="equivtest-report", help="report folder (default: ./equivtest-report)")
+    r.add_argument("--quiet", action="store_true", help="no progress display or per-epoch lines")
+    r.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
+    r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+    c = sub.add_parser("compare", help="diff two report.json files; exit 1 past the tolerance")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--atol", type=_positive_float, default=1e-5, help="max |d loss| per step and per epoch (default: 1e-5)")
+
+    w = sub.add_parser("write-features", help="write features in the seed's h5 schema (train, label, test)")
+    w.add_argument("out")
+    w.add_argument("--features", default="synthetic", help="source to write (default: synthetic, 25000 x 2048)")
+    w.add_argument("--overwrite", action="store_true")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ run
+class Progress:
+    """One progress display for the whole job (runs x epochs), and Keras-style epoch lines."""
+
+    def __init__(self, total: int, stream, quiet: bool):
+        self.total, self.done, self.stream, self.quiet = total, 0, stream, quiet
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.current = ""
+
+    def _bar(self) -> str:
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        return f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} epochs  {self.current}"
+
+    def run(self, backend: str, run: str):
+        self.current = f"{backend} {run}"
+        if not self.quiet and self.tty:
+            print("\r" + self._bar(), end="", file=self.stream, flush=True)
+
+    def epoch(self, backend: str, run: str, epoch: int, logs: dict, epochs: int):
+        self.done += 1
+        if self.quiet:
+            return
+        line = (f"{backend:>6} {run:<17} Epoch {epoch + 1}/{epochs} - loss: {logs['loss']:.4f} - "
+                f"acc: {logs['accuracy']:.4f} - val_loss: {logs['val_loss']:.4f} - val_acc: {logs['val_accuracy']:.4f}")
+        if self.tty:
+            print("\r\033[K" + line, file=self.stream)
+            print(self._bar(), end="", file=self.stream, flush=True)
+        else:
+            print(f"{line}  [{self.done}/{self.total}]", file=self.stream, flush=True)
+
+    def close(self):
+        if not self.quiet and self.tty:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+
+
+def _prepare_out(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".equivtest-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"--out '{path}': cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
+def cmd_run(args) -> int:
+    from .data import load_features
+    from .plan import Plan
+    from .session import Selection
+
+    human = sys.stderr if args.json else sys.stdout
+    sel = Selection.from_options(args.backend, args.device, args.features)
+    if not 0.0 <= args.dropout < 1.0:
+        raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
+    plan = Plan(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                dropout=args.dropout, seed=args.seed, dtype=args.dtype)
+    out = _prepare_out(args.out)
+    names = sel.installed
+    if not names:
+        raise InputError("no backend is installed: pip install 'equivtest[all]'")
+    for name, reason in sel.missing.items():
+        print(f"skipping {name}: {reason}", file=sys.stderr)
+    sel.check_devices()
+    dataset = load_features(args.features)
+
+    from .experiment import run_experiment
+    from .report import markdown, plot, text, write_json
+
+    prog = Progress(len(names) * 3 * plan.epochs, sys.stderr if not args.json else sys.stderr, args.quiet)
+    res = run_experiment(
+        dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
+        on_run=prog.run, on_epoch=lambda b, r, e, logs: prog.epoch(b, r, e, logs, plan.epochs),
+    )
+    prog.close()
+    plots = []
+    if not args.no_plots:
+        try:
+            plots = plot(res, out)
+        except ImportError:
+            print("plots skipped: matplotlib is not installed (pip install 'equivtest[plot]')", file=sys.stderr)
+    report = write_json(res, out / "report.json")
+    (out / "report.md").write_text(markdown(res, plots))
+    print(text(res), file=human)
+    print(f"report: {out / 'report.json'}, {out / 'report.md'}" + "".join(f", {p}" for p in plots), file=human)
+    if args.json:
+        print(json.dumps(report, indent=1, default=float))
+    if res.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if res.passed else EXIT_FAIL
+
+
+# -------------------------------------------------------------------------------------- compare
+def _load_report(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"report '{path}': no such file")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"report '{path}': not JSON ({exc})") from None
+    if not isinstance(d, dict) or "backends" not in d or "plan" not in d:
+        raise InputError(f"report '{path}': not an equivtest report (keys 'backends' and 'plan' missing)")
+    return d
+
+
+def cmd_compare(args) -> int:
+    import numpy as np
+
+    from .compare import compare_series
+
+    a, b = _load_report(args.a), _load_report(args.b)
+    if a["plan"] != b["plan"]:
+        diffs = sorted(k for k in set(a["plan"]) | set(b["plan"]) if a["plan"].get(k) != b["plan"].get(k))
+        print(f"note: plans differ in {', '.join(diffs)}", file=sys.stderr)
+    rows, failed, compared = [], 0, 0
+    for backend in sorted(set(a["backends"]) | set(b["backends"])):
+        ra = a["backends"].get(backend, {}).get("runs", {})
+        rb = b["backends"].get(backend, {}).get("runs", {})
+        for run in sorted(set(ra) | set(rb)):
+            if run not in ra or run not in rb:
+                rows.append(f"{backend:>6} {run:<17} only in {'A' if run in ra else 'B'}")
+                continue
+            for field in ("step_loss", "val_loss", "val_accuracy"):
+                xa, xb = np.asarray(ra[run][field]), np.asarray(rb[run][field])
+                if xa.shape != xb.shape:
+                    rows.append(f"{backend:>6} {run:<17} {field:<12} shapes differ {xa.shape} vs {xb.shape}  FAIL")
+                    failed += 1
+                    continue
+                c = compare_series(xa, xb, name=field, unit="step" if field == "step_loss" else "epoch", atol=args.atol)
+                compared += 1
+                failed += not c.ok
+                where = "" if c.ok else f" first at {c.unit} {c.first}"
+                rows.append(f"{backend:>6} {run:<17} {field:<12} max |diff| {c.max_abs:.3g}{where}  "
+                            f"{'ok' if c.ok else 'FAIL'}")
+    print(f"A: {args.a}\nB: {args.b}\ntolerance atol={args.atol:g}")
+    print("\n".join(rows))
+    if compared == 0:
+        raise InputError(f"reports '{args.a}' and '{args.b}' share no run to compare")
+    print(f"{failed} of {compared} series past tolerance" if failed else f"all {compared} series within tolerance")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_write_features(args) -> int:
+    from .data import load_features, write_h5
+
+    ds = load_features(args.features)
+    path = write_h5(ds, args.out, overwrite=args.overwrite)
+    print(f"wrote {path}: train {ds.shape[0]} x {ds.shape[1]}, label {ds.shape[0]} ({ds.source})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return {"run": cmd_run, "compare": cmd_compare, "write-features": cmd_write_features}[args.command](args)
+    except (InputError, BackendUnavailable) as exc:
+        print(f"equivtest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("equivtest: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `equivtest run --json | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

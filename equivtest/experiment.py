@@ -1,0 +1,227 @@
+"""The seed's experiment as one function: three runs per backend, then the checks.
+
+Per backend, with the seed's recipe unless told otherwise:
+
+- ``softmax``: Dense(2, softmax) from Glorot init at lr;
+- ``sigmoid_converted``: Dense(1, sigmoid) from the converted initial softmax
+  weights (beta = w1 - w0, c = b1 - b0) at 2 lr;
+- ``sigmoid_random``: Dense(1, sigmoid) from its own Glorot init at 2 lr.
+
+Dropout masks are the plan's, shared by all three runs (``masks="shared"``), or
+drawn independently per run (``"independent"``, the seed's own setting).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from . import __version__
+from . import backends as _registry
+from .compare import PROBA_TOLERANCES, TOLERANCES, compare_trajectories
+from .data import SURROGATE_SHAPE, Dataset
+from .heads import lr_factor as rule_lr_factor
+from .heads import n_params, softmax_to_sigmoid
+from .plan import Plan
+from .trajectory import Trajectory
+
+RUNS = ("softmax", "sigmoid_converted", "sigmoid_random")
+MASK_MODES = ("shared", "independent")
+#: how far apart (x tolerance) the random-init sigmoid must be: it is a negative control
+CONTROL_FACTOR = 100.0
+
+
+@dataclass
+class Check:
+    """One verdict: ``value op tolerance`` (op is ``<=``, ``>`` or ``==``)."""
+
+    name: str
+    backend: str
+    value: float
+    tolerance: float
+    op: str
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        if self.op == "<=":
+            return bool(self.value <= self.tolerance)
+        if self.op == ">":
+            return bool(self.value > self.tolerance)
+        return bool(self.value == self.tolerance)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "backend": self.backend, "value": self.value, "tolerance": self.tolerance,
+                "op": self.op, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    device: str
+    environment: dict
+    runs: dict[str, Trajectory] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentResult:
+    plan: Plan
+    dataset: dict
+    masks: str
+    results: dict[str, BackendResult] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    wall_s: float = 0.0
+    interrupted: bool = False
+    lr_factor: float = 2.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks) and not self.interrupted
+
+    def seed_matches_recipe(self) -> bool:
+        """True when the plan and features are the seed's (so its figures may stand beside ours)."""
+        p = self.plan
+        return (p.epochs == 5 and p.batch_size == 128 and p.lr == 1e-3 and p.optimizer.label == "sgd"
+                and p.dropout == 0.5 and tuple(self.dataset["shape"]) == SURROGATE_SHAPE)
+
+    def to_dict(self) -> dict:
+        return {
+            "equivtest_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "environment": {
+                "python": platform.python_version(), "platform": platform.platform(),
+                "backends": {n: r.environment for n, r in self.results.items()},
+            },
+            "features": self.dataset,
+            "plan": self.plan.to_dict(),
+            "masks": self.masks,
+            "lr": {"softmax": self.plan.lr, "sigmoid": self.lr_factor * self.plan.lr, "factor": self.lr_factor},
+            "backends": {
+                n: {"device": r.device, "params": r.params,
+                    "runs": {k: t.to_dict(weights=False) for k, t in r.runs.items()}}
+                for n, r in self.results.items()
+            },
+            "checks": [c.to_dict() for c in self.checks],
+            "seed": seed_reference() if self.seed_matches_recipe() else None,
+            "passed": self.passed,
+            "interrupted": self.interrupted,
+            "wall_s": self.wall_s,
+        }
+
+
+def seed_reference() -> dict:
+    """The seed's published figures (``equivtest/seed_results.json``, from ../shared/reference)."""
+    return json.loads(resources.files("equivtest").joinpath("seed_results.json").read_text())
+
+
+def run_specs(plan: Plan, d: int, masks: str = "shared", factor: float | None = None):
+    """(name, head, initial weights, plan) for the three runs; the sigmoid's lr is ``factor`` x lr (2)."""
+    if masks not in MASK_MODES:
+        raise ValueError(f"masks must be one of {', '.join(MASK_MODES)}, got {masks!r}")
+    w = plan.initial_weights("softmax", d)
+    sig_plan = plan.replace(lr=(rule_lr_factor() if factor is None else factor) * plan.lr)
+    independent = masks == "independent"
+    return [
+        ("softmax", "softmax", w, plan),
+        ("sigmoid_converted", "sigmoid", softmax_to_sigmoid(w), sig_plan.replace(mask_stream=1 if independent else 0)),
+        ("sigmoid_random", "sigmoid", plan.initial_weights("sigmoid", d, stream=1),
+         sig_plan.replace(mask_stream=2 if independent else 0)),
+    ]
+
+
+def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str = "cpu", masks: str = "shared",
+                   lr_factor: float | None = None, on_epoch=None, on_run=None) -> ExperimentResult:
+    """Run the three heads on every backend named, then compute every check.
+
+    ``on_run(backend, run)`` is called before each run and ``on_epoch(backend,
+    run, epoch, logs)`` after each epoch.  A ``KeyboardInterrupt`` stops the runs;
+    the result holds what finished, with ``interrupted=True``.
+    """
+    t0 = time.perf_counter()
+    res = ExperimentResult(plan, {"source": dataset.source, "shape": list(dataset.shape),
+                                  "n_train": int(len(dataset.y_train)), "n_val": int(len(dataset.y_val)),
+                                  "description": dataset.description}, masks)
+    res.lr_factor = rule_lr_factor() if lr_factor is None else float(lr_factor)
+    specs = run_specs(plan, dataset.n_features, masks, res.lr_factor)
+    try:
+        for be in _registry.load(backend_names):
+            dev = be.resolve_device(device)
+            br = res.results[be.name] = BackendResult(be.name, dev, be.environment())
+            d = dataset.n_features
+            br.params = {"softmax": be.count_params("softmax", d), "sigmoid": be.count_params("sigmoid", d)}
+            for name, head, init, p in specs:
+                if on_run:
+                    on_run(be.name, name)
+                cb = (lambda e, logs, _b=be.name, _n=name: on_epoch(_b, _n, e, logs)) if on_epoch else None
+                br.runs[name] = be.train(head, init, p, dataset, device=dev, callback=cb)
+    except KeyboardInterrupt:
+        res.interrupted = True
+    res.checks = compute_checks(res, dataset)
+    res.wall_s = time.perf_counter() - t0
+    return res
+
+
+def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
+    """Every verdict with its measured figure (only over runs that finished)."""
+    checks: list[Check] = []
+    dtype = res.plan.dtype
+    tol = TOLERANCES[dtype]["atol"]
+    ptol = PROBA_TOLERANCES[dtype]["atol"]
+    d = dataset.n_features
+    for name, br in res.results.items():
+        be = _registry.get(name)
+        # parameter counts as the framework counts them
+        if br.params:
+            checks.append(Check("params_softmax", name, br.params["softmax"], n_params("softmax", d), "==",
+                                "framework's own count = 2(d + 1)"))
+            checks.append(Check("params_sigmoid", name, br.params["sigmoid"], n_params("sigmoid", d), "==",
+                                "framework's own count = d + 1"))
+            checks.append(Check("params_ratio", name, br.params["softmax"] / br.params["sigmoid"], 2.0, "==",
+                                "softmax / sigmoid"))
+        soft = br.runs.get("softmax")
+        if soft is None:
+            continue
+        # conversion of the trained softmax head
+        p_soft = be.predict_proba(soft.weights, dataset.X_val, device=br.device, dtype=dtype)
+        p_sig = be.predict_proba(softmax_to_sigmoid(soft.weights), dataset.X_val, device=br.device, dtype=dtype)
+        checks.append(Check("conversion_max_abs_dp", name, float(np.max(np.abs(p_soft - p_sig))), ptol, "<=",
+                            "trained softmax vs sigmoid with beta = w1 - w0, c = b1 - b0, on the validation set"))
+        conv, rand = br.runs.get("sigmoid_converted"), br.runs.get("sigmoid_random")
+        if conv is not None:
+            c = compare_trajectories(soft, conv)
+            gap = c.fields["step_loss"].max_abs
+            vgap = c.fields["val_loss"].max_abs
+            if res.masks == "shared":
+                checks.append(Check("trajectory_gap_step_loss", name, gap, tol, "<=",
+                                    f"softmax @ lr vs converted sigmoid @ 2 lr, every step; first split: "
+                                    f"{c.first_split() if c.first_split() is not None else 'none'}"))
+                checks.append(Check("trajectory_gap_val_loss", name, vgap, tol, "<=", "per epoch"))
+            if rand is not None:
+                rgap = compare_trajectories(soft, rand).fields["val_loss"].max_abs
+                if res.masks == "shared":
+                    checks.append(Check("random_init_gap_val_loss", name, rgap, CONTROL_FACTOR * tol, ">",
+                                        "negative control: a sigmoid from its own init is a different path"))
+                else:
+                    checks.append(Check("converted_gap_below_random_gap", name, vgap, rgap, "<=",
+                                        "independent masks: softmax vs converted sigmoid val_loss gap must be "
+                                        "below the gap to the random-init sigmoid"))
+    # cross-framework: each pair of backends, softmax runs, same plan and weights
+    names = [n for n, r in res.results.items() if "softmax" in r.runs]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ta, tb = res.results[a].runs["softmax"], res.results[b].runs["softmax"]
+            same_adam = (getattr(_registry.get(a), "adam_epsilon", None) == getattr(_registry.get(b), "adam_epsilon", None))
+            gap = compare_trajectories(ta, tb, dtype="float32").fields["step_loss"].max_abs
+            if res.plan.optimizer.name == "adam" and not same_adam:
+                detail = "softmax step_loss; Adam epsilon conventions differ (torch vs keras), shown for information"
+                checks.append(Check("cross_framework_step_loss_info", f"{a} vs {b}", gap, float("inf"), "<=", detail))
+            else:  # every backend's softmax run uses the same plan masks in both mask modes
+                checks.append(Check("cross_framework_step_loss", f"{a} vs {b}", gap, TOLERANCES["float32"]["atol"],
+                                    "<=", "softmax runs, same plan, masks and initial weights"))
+    return checks

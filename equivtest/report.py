@@ -1,0 +1,209 @@
+"""Turn an :class:`~equivtest.experiment.ExperimentResult` into a table, Markdown, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .compare import TOLERANCES
+from .experiment import RUNS, ExperimentResult
+
+RUN_LABELS = {"softmax": "softmax", "sigmoid_converted": "sigmoid (conv)", "sigmoid_random": "sigmoid (rand)"}
+REPORT_KEYS = ("equivtest_version", "created", "environment", "features", "plan", "masks", "lr", "backends",
+               "checks", "seed", "passed", "interrupted", "wall_s")
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
+        return str(v)
+    if isinstance(v, (int, np.integer)) or float(v).is_integer() and abs(v) >= 1:
+        return f"{int(v)}"
+    return f"{v:.3g}" if abs(v) < 1e-3 else f"{v:.4f}"
+
+
+def epoch_rows(res: ExperimentResult, backend: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the seed-style val_loss table for one backend."""
+    runs = res.results[backend].runs
+    seed = res.to_dict()["seed"] if res.seed_matches_recipe() else None
+    header = ["epoch"] + [f"{RUN_LABELS[r]} val_loss" for r in RUNS]
+    if seed:
+        header += [f"seed {RUN_LABELS[r]}" for r in RUNS]
+    rows = []
+    for e in range(res.plan.epochs):
+        row = [str(e + 1)]
+        for r in RUNS:
+            t = runs.get(r)
+            row.append(f"{t.val_loss[e]:.4f}" if t is not None and e < len(t.val_loss) else "-")
+        if seed:
+            row += [f"{seed['runs'][r]['val_loss'][e]:.4f}" for r in RUNS]
+        rows.append(row)
+    return header, rows
+
+
+def check_rows(res: ExperimentResult) -> tuple[list[str], list[list[str]]]:
+    header = ["check", "backend", "value", "op", "tolerance", "verdict"]
+    rows = [[c.name, c.backend, _fmt(c.value), c.op, _fmt(c.tolerance), "PASS" if c.passed else "FAIL"]
+            for c in res.checks]
+    return header, rows
+
+
+def _text_table(header, rows) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def _md_table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _title(res: ExperimentResult) -> str:
+    p = res.plan
+    f = res.dataset
+    return (f"features {f['source']} ({f['shape'][0]} x {f['shape'][1]}; {f['n_train']} train / {f['n_val']} val); "
+            f"{p.optimizer.label} lr {p.lr:g} (sigmoid {res.lr_factor * p.lr:g}), batch {p.batch_size}, {p.epochs} epochs, "
+            f"dropout {p.dropout:g}, masks {res.masks}, seed {p.seed}, {p.dtype}")
+
+
+def text(res: ExperimentResult) -> str:
+    parts = [_title(res), ""]
+    for name, br in res.results.items():
+        parts.append(f"[{name} on {br.device}: {br.environment.get('version', '')}]")
+        parts.append(_text_table(*epoch_rows(res, name)))
+        parts.append("")
+    parts.append(_text_table(*check_rows(res)))
+    n_fail = sum(not c.passed for c in res.checks)
+    verdict = "INTERRUPTED" if res.interrupted else ("all checks pass" if not n_fail else f"{n_fail} check(s) FAILED")
+    parts.append("")
+    parts.append(f"{verdict} ({len(res.checks)} checks, {res.wall_s:.1f} s)")
+    return "\n".join(parts)
+
+
+def markdown(res: ExperimentResult, plots=()) -> str:
+    n_fail = sum(not c.passed for c in res.checks)
+    status = "interrupted" if res.interrupted else ("all checks pass" if not n_fail else f"{n_fail} check(s) failed")
+    parts = ["# equivtest report", "", f"**{status}** ({len(res.checks)} checks, {res.wall_s:.1f} s)", "",
+             _title(res), ""]
+    for name, br in res.results.items():
+        parts += [f"## {name} on {br.device}", "", f"{br.environment.get('version', '')}", "",
+                  _md_table(*epoch_rows(res, name)), ""]
+    parts += ["## Checks", "", _md_table(*check_rows(res)), ""]
+    for c in res.checks:
+        if c.detail:
+            parts.append(f"- `{c.name}` ({c.backend}): {c.detail}")
+    if plots:
+        parts += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(parts) + "\n"
+
+
+def write_json(res: ExperimentResult, path: Path) -> dict:
+    d = res.to_dict()
+    path.write_text(json.dumps(d, indent=1, default=float))
+    return d
+
+
+# ------------------------------------------------------------------------------------- plots
+COLORS = {"softmax": "tab:blue", "sigmoid_converted": "tab:orange", "sigmoid_random": "tab:green"}
+BACKEND_STYLES = ["-", "--", ":", "-."]
+
+
+def plot(res: ExperimentResult, out: Path) -> list[Path]:
+    """Draw the seed's two figures (and the per-step gap); return the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in res.results.items() if r.runs]
+    if not names:
+        return []
+    written = []
+    seed = res.to_dict()["seed"] if res.seed_matches_recipe() else None
+    epochs = np.arange(1, res.plan.epochs + 1)
+
+    # 1. loss curves, one panel per backend, shared y axis
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for run, t in res.results[name].runs.items():
+            e = epochs[: len(t.val_loss)]
+            wide = run == "softmax"  # drawn wide underneath: the converted sigmoid lies on top of it
+            ax.plot(e, t.epoch_loss, "--", color=COLORS[run], alpha=0.35 if wide else 0.8, lw=5 if wide else 1.2,
+                    label=f"{RUN_LABELS[run]} loss")
+            ax.plot(e, t.val_loss, "-o", color=COLORS[run], ms=3, alpha=0.35 if wide else 1, lw=5 if wide else 1.5,
+                    label=f"{RUN_LABELS[run]} val_loss")
+        if seed:
+            for run in RUNS:
+                ax.plot(epochs, seed["runs"][run]["val_loss"], ":", color=COLORS[run], alpha=0.5,
+                        label=f"seed {RUN_LABELS[run]} val_loss")
+        ax.set_title(f"{name} ({res.results[name].device})")
+        ax.set_xlabel("epoch")
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("cross-entropy")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("softmax @ lr vs sigmoid @ 2 lr (converted and random init)", fontsize=10)
+    fig.tight_layout()
+    written.append(out / "loss_curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    # 2. val_loss differences per epoch, all backends on shared axes
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, name in enumerate(names):
+        runs = res.results[name].runs
+        ls = BACKEND_STYLES[i % len(BACKEND_STYLES)]
+        if "softmax" in runs and "sigmoid_converted" in runs:
+            n = min(len(runs["softmax"].val_loss), len(runs["sigmoid_converted"].val_loss))
+            diff = np.abs(runs["softmax"].val_loss[:n] - runs["sigmoid_converted"].val_loss[:n])
+            a1.semilogy(epochs[:n], np.maximum(diff, 1e-17), ls, marker="o", label=name)
+        if "sigmoid_converted" in runs and "sigmoid_random" in runs:
+            n = min(len(runs["sigmoid_converted"].val_loss), len(runs["sigmoid_random"].val_loss))
+            a2.plot(epochs[:n], runs["sigmoid_random"].val_loss[:n] - runs["sigmoid_converted"].val_loss[:n],
+                    ls, marker="o", label=name)
+    if seed:
+        s = seed["runs"]
+        a1.semilogy(epochs, np.abs(np.subtract(s["softmax"]["val_loss"], s["sigmoid_converted"]["val_loss"])) + 1e-17,
+                    color="grey", marker="x", label="seed (independent masks)")
+        a2.plot(epochs, np.subtract(s["sigmoid_random"]["val_loss"], s["sigmoid_converted"]["val_loss"]),
+                color="grey", marker="x", label="seed")
+    tol = TOLERANCES[res.plan.dtype]["atol"]
+    a1.axhline(tol, color="red", lw=0.8, ls="--", label=f"{res.plan.dtype} tolerance {tol:g}")
+    a1.axhline(1e-17, color="black", lw=0.5, ls=":")
+    a1.text(epochs[0], 2e-17, "exactly equal", fontsize=7, va="bottom")
+    a1.set_title("|val_loss softmax - val_loss sigmoid (conv)|")
+    a2.set_title("val_loss sigmoid (rand) - val_loss sigmoid (conv)")
+    for ax in (a1, a2):
+        ax.set_xlabel("epoch")
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "val_loss_diff.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    # 3. per-step loss gap softmax vs converted sigmoid (where two trajectories split)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, name in enumerate(names):
+        runs = res.results[name].runs
+        if "softmax" in runs and "sigmoid_converted" in runs:
+            a, b = runs["softmax"].step_loss, runs["sigmoid_converted"].step_loss
+            n = min(len(a), len(b))
+            ax.semilogy(np.arange(1, n + 1), np.maximum(np.abs(a[:n] - b[:n]), 1e-17),
+                        BACKEND_STYLES[i % len(BACKEND_STYLES)], lw=0.8, label=name)
+    tol = TOLERANCES[res.plan.dtype]["atol"]
+    ax.axhline(tol, color="red", lw=0.8, ls="--", label=f"{res.plan.dtype} tolerance {tol:g}")
+    ax.set_title("|step loss softmax - step loss sigmoid (conv)| per training step (1e-17 = exactly equal)")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "step_loss_gap.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
