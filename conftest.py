@@ -1,7 +1,11 @@
-"""Repository-level pytest set-up: the equivtest plugin itself loads through its
-``pytest11`` entry point (``pip install -e .``); this file only adds what the
-project's own tests use."""
+"""Repository-level pytest set-up.
 
+The equivtest plugin itself loads through its ``pytest11`` entry point
+(``pip install -e .``); this file only adds what the project's own tests use:
+pytester, hypothesis profiles, and the ``--bench`` switch for tests/benchmarks.
+"""
+
+import pytest
 from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["pytester"]
@@ -9,3 +13,21 @@ pytest_plugins = ["pytester"]
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.load_profile("ci")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench", action="store_true", default=False,
+                     help="run the benchmarks in tests/benchmarks (skipped otherwise)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bench: a benchmark at the seed's scale (run with --bench)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--bench"):
+        return
+    skip = pytest.mark.skip(reason="benchmark: run with --bench (see README, Performance)")
+    for item in items:
+        if item.get_closest_marker("bench"):
+            item.add_marker(skip)

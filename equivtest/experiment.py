@@ -151,7 +151,7 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
     specs = run_specs(plan, dataset.n_features, masks, res.lr_factor)
     try:
         for be in _registry.load(backend_names):
-            dev = be.resolve_device(device)
+            dev = be.resolve_device(_registry.device_for(be.name, device))  # numpy stays on the CPU
             br = res.results[be.name] = BackendResult(be.name, dev, be.environment())
             d = dataset.n_features
             br.params = {"softmax": be.count_params("softmax", d), "sigmoid": be.count_params("sigmoid", d)}

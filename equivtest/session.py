@@ -17,8 +17,6 @@ from .errors import InputError
 DEVICE_CHOICES = ("cpu", "cuda", "mps", "auto")
 #: the suite's default features: a small surrogate, fast on 2 cores
 DEFAULT_TEST_FEATURES = "synthetic:2000x128"
-#: which device kinds each backend can ever use (a capability, not a probe)
-DEVICE_KINDS = {"numpy": ("cpu",), "torch": ("cpu", "cuda", "mps"), "keras": ("cpu", "cuda")}
 
 ENV_BACKEND = "EQUIVTEST_BACKEND"
 ENV_DEVICE = "EQUIVTEST_DEVICE"
@@ -103,7 +101,7 @@ class Selection:
             return
         for dev in wanted:
             kind = dev.split(":")[0]
-            able = [n for n in self.installed if kind in DEVICE_KINDS[n]]
+            able = [n for n in self.installed if kind in _registry.info(n).device_kinds]
             if not able:
                 raise InputError(
                     f"device '{dev}' was asked for, but none of the selected backends "
@@ -115,8 +113,9 @@ class Selection:
 
     def device_skip_reason(self, backend: str, device: str) -> str | None:
         kind = device.split(":")[0]
-        if device != "auto" and kind not in DEVICE_KINDS[backend]:
-            return f"backend '{backend}' cannot use a {kind} device (it runs on: {', '.join(DEVICE_KINDS[backend])})"
+        kinds = _registry.info(backend).device_kinds
+        if device != "auto" and kind not in kinds:
+            return f"backend '{backend}' cannot use a {kind} device (it runs on: {', '.join(kinds)})"
         return None
 
     def dataset(self):

@@ -23,6 +23,7 @@ class BackendInfo:
     requires: tuple[str, ...]  # top-level modules that must be importable
     extra: str | None  # the pip extra that installs them
     framework: str
+    device_kinds: tuple[str, ...] = ("cpu",)  # which kinds of device it can ever use (a capability)
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -39,9 +40,10 @@ class BackendInfo:
 
 #: load order matters: torch before tensorflow
 REGISTRY: dict[str, BackendInfo] = {
-    "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy"),
-    "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch"),
-    "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow"),
+    "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",)),
+    "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch", ("cpu", "cuda", "mps")),
+    "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow",
+                         ("cpu", "cuda")),
 }
 NAMES = tuple(REGISTRY)
 
@@ -70,6 +72,12 @@ def available(name: str) -> tuple[bool, str | None]:
     """(True, None) or (False, reason naming the extra to install); imports nothing."""
     reason = info(name).unavailable_reason()
     return reason is None, reason
+
+
+def device_for(name: str, device: str) -> str:
+    """``device`` if backend ``name`` can ever use its kind, else ``"cpu"`` (e.g. numpy with cuda)."""
+    kind = (device or "cpu").split(":")[0]
+    return device if kind == "auto" or kind in info(name).device_kinds else "cpu"
 
 
 def get(name: str):
