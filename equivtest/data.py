@@ -82,6 +82,17 @@ class Dataset:
     def y_val(self) -> np.ndarray:
         return self.y[self.split_indices[1]]
 
+    def features(self, part: str, dtype: str = "float32") -> np.ndarray:
+        """``X_train`` or ``X_val`` (``part`` = "train" / "val") in ``dtype``, converted once and kept."""
+        base = self.X_train if part == "train" else self.X_val
+        if np.dtype(dtype) == base.dtype:
+            return base
+        key = (part, np.dtype(dtype).name)
+        cache = self.__dict__.setdefault("_converted", {})
+        if key not in cache:
+            cache[key] = base.astype(dtype)
+        return cache[key]
+
     @property
     def n_features(self) -> int:
         return int(self.X.shape[1])

@@ -6,9 +6,10 @@ float precision.  Draws are keyed by ``(seed, stream, epoch)`` with counter-free
 seeding (``numpy.random.SeedSequence``), so any epoch can be drawn on its own, in
 any order, bit for bit the same, and only one epoch's masks ever exist at once.
 
-Masks are drawn as bytes from an SFC64 generator and compared with a threshold:
-the keep probability is exact for dropout rates that are multiples of 1/256
-(0.5, 0.25, 0.1015625, ...), otherwise it is quantised to 1/65536.  Kept units
+Masks come from an SFC64 generator: one random bit per unit at rate 0.5 (the
+seed's), otherwise a byte (or two) compared with a threshold, so the keep
+probability is exact for dropout rates that are multiples of 1/256 (0.25,
+0.1015625, ...) and quantised to 1/65536 for any other rate.  Kept units
 are scaled by ``1 / (1 - rate)`` (inverted dropout, as Keras and PyTorch do).
 """
 
@@ -159,7 +160,10 @@ class Plan:
         size = int(n) * int(d)
         keep = 1.0 - self.dropout
         t8 = keep * 256
-        if t8 == int(t8):  # exact with one byte per unit
+        if t8 == 128:  # rate 0.5: one random bit per unit
+            raw = g.random_raw(-(-size // 64)).view(np.uint8)
+            mask = np.unpackbits(raw, count=size).view(bool)
+        elif t8 == int(t8):  # exact with one byte per unit
             raw = g.random_raw(-(-size // 8)).view(np.uint8)[:size]
             mask = raw < np.uint16(t8) if t8 < 256 else np.ones(size, bool)
         else:

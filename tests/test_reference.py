@@ -43,7 +43,7 @@ def test_adam_epsilon_conventions_differ_but_slightly():
     a = NumpyBackend("torch").train("softmax", w, plan, DATA)
     b = NumpyBackend("keras").train("softmax", w, plan, DATA)
     gap = np.max(np.abs(a.step_loss - b.step_loss))
-    assert 0 < gap < 1e-5
+    assert 1e-9 < gap < 1e-3  # measurably different, same optimizer
 
 
 def test_same_plan_same_seed_is_bit_identical(oracle):

@@ -14,10 +14,11 @@ the same forward pass the loss used.  Devices ``/CPU:0`` and ``/GPU:N`` (named
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
 
 os.environ["KERAS_BACKEND"] = "tensorflow"  # 'keras' means Keras on TensorFlow here
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN reorders float sums; keep CPU runs reproducible
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -107,6 +108,9 @@ class Backend(BaseBackend):
     adam_epsilon = "keras"
 
     def __init__(self):
+        self._cache: OrderedDict = OrderedDict()
+        self._tensors: OrderedDict = OrderedDict()
+        self._buffers: dict = {}
         self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
 
     def version(self) -> str:
@@ -170,47 +174,140 @@ class Backend(BaseBackend):
 
     def _train(self, head, init, plan: Plan, data, device, masks, callback) -> Trajectory:
         dt = plan.dtype
-        X, y = data.X_train.astype(dt, copy=False), data.y_train
-        n, d = X.shape
-        bounds = plan.batch_bounds(n)
-        steps = len(bounds)
+        n, d = data.X_train.shape
+        steps = plan.steps_per_epoch(n)
+        use_plan_masks = masks == "plan" and plan.dropout > 0
+        c = self._compiled(head, d, plan, masks, steps)
+        c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
+        _reset_optimizer(c.model.optimizer, plan.lr)
+        Xt = self._tensor(data.X_train, dt)
+        Yt = self._tensor(data.y_train, dt, head)
+        val = self._tensor(data.X_val, dt), self._tensor(data.y_val, dt, head)
+        val_ds = tf.data.Dataset.from_tensors(val)
+
+        sizes = batch_sizes(plan, n)
+        losses, correct, val_loss, val_acc = [], [], [], []
+        order, keep = self._epoch_buffers(n, d, use_plan_masks)
+        for epoch in range(plan.epochs):
+            order.assign(plan.batch_order(epoch, n))
+            if keep is not None:
+                keep.assign(plan.epoch_masks(epoch, n, d))
+            c.model.fit(_epoch_dataset(Xt, Yt, order, keep, plan.batch_size, steps), epochs=1, verbose=0,
+                        shuffle=False)
+            losses.append(ops.convert_to_numpy(c.recorder.values))
+            correct.append(ops.convert_to_numpy(c.recorder.right))
+            ev = c.evaluator.evaluate(val_ds, verbose=0, return_dict=True)
+            val_loss.append(ev["loss"])
+            val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
+            if callback is not None:
+                callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], val_loss[-1], val_acc[-1]))
+        kernel, bias = (ops.convert_to_numpy(v) for v in c.dense.weights)
+        return Trajectory.from_steps(
+            np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
+            Weights(kernel, bias), self._meta(head, plan, data, device, masks),
+        )
+
+    def _compiled(self, head: str, d: int, plan: Plan, masks: str, steps: int) -> _Compiled:
+        """A compiled model for this configuration, built once and reused (its tf.functions stay traced).
+
+        Runs with the framework's own Dropout are built afresh: their RNG state belongs to the run.
+        """
+        dt = plan.dtype
+        key = (head, d, dt, plan.optimizer, plan.dropout, masks, steps, plan.batch_size, tf.config.experimental
+               .tensor_float_32_execution_enabled())
+        native = masks == "native" and plan.dropout > 0
+        if not native and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         dense = self._dense(head, d, dt)
         x_in = keras.Input((d,), dtype=dt, name="features")
-        use_plan_masks = masks == "plan" and plan.dropout > 0
-        if use_plan_masks:
+        if masks == "plan" and plan.dropout > 0:
             m_in = keras.Input((d,), dtype="bool", name="keep_mask")
             model = keras.Model([x_in, m_in], dense(PlanDropout(plan.mask_scale, dtype=dt)(x_in, m_in)))
-        elif plan.dropout > 0:
+        elif native:
             drop = keras.layers.Dropout(plan.dropout, seed=plan.seed * 1_000_003 + plan.mask_stream, dtype=dt)
             model = keras.Model(x_in, dense(drop(x_in)))
         else:
             model = keras.Model(x_in, dense(x_in))
-        dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
         recorder = StepRecorder(head, steps, dt)
         model.compile(optimizer=self._optimizer(plan), loss=_loss(head), metrics=[recorder],
                       steps_per_execution=steps, jit_compile=False)
         evaluator = self._plain_model(head, d, dt, dense)
         evaluator.compile(loss=_loss(head), metrics=["accuracy"], jit_compile=False)
-        Y = _targets(head, y, dt)
-        Xv, Yv = data.X_val.astype(dt, copy=False), _targets(head, data.y_val, dt)
+        c = _Compiled(model, dense, recorder, evaluator)
+        if not native:
+            self._cache[key] = c
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return c
 
-        sizes = batch_sizes(plan, n)
-        losses, correct, val_loss, val_acc = [], [], [], []
-        for epoch in range(plan.epochs):
-            order = plan.batch_order(epoch, n)
-            inputs = X[order]
-            if use_plan_masks:
-                inputs = [inputs, plan.epoch_masks(epoch, n, d)]
-            model.fit(inputs, Y[order], batch_size=plan.batch_size, epochs=1, shuffle=False, verbose=0)
-            losses.append(ops.convert_to_numpy(recorder.values))
-            correct.append(ops.convert_to_numpy(recorder.right))
-            ev = evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0, return_dict=True)
-            val_loss.append(ev["loss"])
-            val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
-            if callback is not None:
-                callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], val_loss[-1], val_acc[-1]))
-        kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
-        return Trajectory.from_steps(
-            np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
-            Weights(kernel, bias), self._meta(head, plan, data, device, masks),
-        )
+    def _epoch_buffers(self, n: int, d: int, with_masks: bool):
+        """Host variables for an epoch's order and masks, reused (assigned) every epoch."""
+        key = (n, d, with_masks)
+        if key not in self._buffers:
+            with tf.device("/CPU:0"):
+                order = tf.Variable(tf.zeros(n, dtype=tf.int64), trainable=False)
+                keep = tf.Variable(tf.zeros((n, d), dtype=tf.bool), trainable=False) if with_masks else None
+            self._buffers = {key: (order, keep)}  # one shape at a time: masks are n*d bytes
+        return self._buffers[key]
+
+    def _tensor(self, array: np.ndarray, dtype: str, head: str | None = None):
+        """``array`` (features, or labels as targets for ``head``) as a host tf.Variable, kept for reuse.
+
+        The input pipeline (tf.data) reads batches from it; a variable is captured
+        by handle, so building an epoch's dataset copies nothing.  Keyed by the
+        array's identity; the cache holds the array itself so the identity cannot
+        be reused while the entry lives.
+        """
+        key = (id(array), dtype, head)
+        hit = self._tensors.get(key)
+        if hit is not None and hit[0] is array:
+            self._tensors.move_to_end(key)
+            return hit[1]
+        value = _targets(head, array, dtype) if head else array.astype(dtype, copy=False)
+        with tf.device("/CPU:0"):
+            t = tf.Variable(value, trainable=False)
+        self._tensors[key] = (array, t)
+        while len(self._tensors) > _TENSOR_CACHE_SIZE:
+            self._tensors.popitem(last=False)
+        return t
+
+
+@dataclass
+class _Compiled:
+    model: keras.Model
+    dense: keras.layers.Dense
+    recorder: StepRecorder
+    evaluator: keras.Model
+
+
+_CACHE_SIZE = 16
+_TENSOR_CACHE_SIZE = 12
+
+
+def _reset_optimizer(opt, lr: float) -> None:
+    """Fresh optimizer state for a new run on a cached model: step 0, zero slots, the run's lr."""
+    for v in opt.variables:
+        if v is opt.iterations:
+            v.assign(0)
+        elif v is getattr(opt, "_learning_rate", None):
+            v.assign(lr)
+        else:
+            v.assign(ops.zeros(v.shape, dtype=v.dtype))
+    if ops.convert_to_numpy(opt.learning_rate) != np.asarray(lr, dtype=opt.learning_rate.dtype):
+        raise RuntimeError("could not set the optimizer's learning rate on a cached model")
+
+
+def _epoch_dataset(X, Y, order, keep, batch_size: int, steps: int):
+    """The epoch's batches in the plan's order (and with its masks), gathered by tf.data."""
+    n = int(order.shape[0])
+
+    def batch(s):
+        start = s * batch_size
+        stop = tf.minimum(start + batch_size, n)
+        idx = order[start:stop]
+        x = tf.gather(X, idx)
+        inputs = (x, keep[start:stop]) if keep is not None else x
+        return inputs, tf.gather(Y, idx)
+
+    return tf.data.Dataset.range(steps).map(batch).prefetch(2)

@@ -54,7 +54,8 @@ class Backend(BaseBackend):
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         dt = np.dtype(plan.dtype)
-        X = data.X_train.astype(dt, copy=False)
+        X = data.features("train", plan.dtype)
+        Xv = data.features("val", plan.dtype)
         y = data.y_train
         n, d = X.shape
         K = init.kernel.astype(dt, copy=True)
@@ -64,6 +65,7 @@ class Backend(BaseBackend):
         mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.mask_stream + 1_000_003)
         bounds = plan.batch_bounds(n)
         sizes = batch_sizes(plan, n)
+        buf = np.empty((plan.batch_size, d), dtype=dt)
 
         losses, correct = [], []
         val_loss, val_acc = [], []
@@ -72,14 +74,15 @@ class Backend(BaseBackend):
             m = mask_plan.epoch_masks(epoch, n, d)
             for s, t in bounds:
                 idx = order[s:t]
-                xb = X[idx]
-                if m is not None:
-                    xb = np.where(m[s:t], xb * scale, dt.type(0))
+                xb = np.take(X, idx, axis=0, out=buf[: t - s])
+                if m is not None:  # x * scale where kept, else 0 (in place, no temporaries)
+                    xb *= scale
+                    xb *= m[s:t]
                 loss, n_right, gz = _loss_and_grad(head, xb @ K + b, y[idx])
                 losses.append(loss)
                 correct.append(n_right)
                 opt.step([xb.T @ gz, gz.sum(axis=0)])
-            vl, vr, _ = _loss_and_grad(head, data.X_val.astype(dt, copy=False) @ K + b, data.y_val, grad=False)
+            vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, grad=False)
             val_loss.append(vl)
             val_acc.append(vr / len(data.y_val))
             if callback is not None:

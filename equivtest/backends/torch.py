@@ -24,6 +24,13 @@ from ._base import BaseBackend, batch_sizes, epoch_logs
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _correct_per_step(head: str, z, y, sizes) -> np.ndarray:
+    """Correct predictions per step from an epoch's concatenated logits and labels in order."""
+    hit = (z.argmax(dim=1) == y) if head == SOFTMAX else ((z[:, 0] > 0) == (y == 1))
+    per_step = torch.split(hit, [int(s) for s in sizes])
+    return torch.stack([h.sum() for h in per_step]).cpu().numpy()
+
+
 class Backend(BaseBackend):
     name = "torch"
     framework = "torch"
@@ -101,57 +108,49 @@ class Backend(BaseBackend):
         layer = self._linear(init, dev, dt)
         opt = self._optimizer(plan, layer.parameters())
         bounds = plan.batch_bounds(n)
-        total = plan.epochs * len(bounds)
-        losses = torch.empty(total, device=dev, dtype=dt)
-        correct = torch.empty(total, device=dev, dtype=torch.int64)
         scale = plan.mask_scale
-        dropout = None
-        if masks == "native" and plan.dropout > 0:
-            dropout = nn.Dropout(plan.dropout)
-        val_loss, val_acc = [], []
+        dropout = nn.Dropout(plan.dropout) if masks == "native" and plan.dropout > 0 else None
         sizes = batch_sizes(plan, n)
         Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
         yv = torch.as_tensor(data.y_val, device=dev)
-        step = 0
+        buf = torch.empty((plan.batch_size, d), device=dev, dtype=dt)  # one batch, reused every step
+        step_losses, step_logits, val_loss, val_acc = [], [], [], []
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.seed * 1_000_003 + plan.mask_stream)
             for epoch in range(plan.epochs):
                 order = torch.as_tensor(plan.batch_order(epoch, n), device=dev)
                 m = plan.epoch_masks(epoch, n, d) if masks == "plan" else None
-                if m is not None:
-                    m = torch.as_tensor(m, device=dev)
+                if m is not None:  # 0/1 bytes: multiplying by uint8 is cheaper than by bool
+                    m = torch.as_tensor(m.view(np.uint8), device=dev)
+                losses, logits = [], []
                 for s, t in bounds:
                     idx = order[s:t]
-                    xb = X.index_select(0, idx)
+                    xb = torch.index_select(X, 0, idx, out=buf[: t - s])
                     if m is not None:
-                        xb.mul_(scale).mul_(m[s:t])
+                        xb.mul_(scale).mul_(m[s:t])  # x * scale where kept, else 0
                     elif dropout is not None:
                         xb = dropout(xb)
-                    yb = yt.index_select(0, idx)
                     z = layer(xb)
-                    if head == SOFTMAX:
-                        loss = F.cross_entropy(z, yb)
-                        right = (z.argmax(dim=1) == yb).sum()
-                    else:
-                        zz = z[:, 0]
-                        loss = F.binary_cross_entropy_with_logits(zz, yb)
-                        right = ((zz > 0) == (yb > 0.5)).sum()
+                    loss = F.cross_entropy(z, yt[idx]) if head == SOFTMAX else \
+                        F.binary_cross_entropy_with_logits(z[:, 0], yt[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    losses[step] = loss.detach()
-                    correct[step] = right
-                    step += 1
+                    losses.append(loss.detach())
+                    logits.append(z.detach())
+                # accuracy from the epoch's logits at once (before each update, with dropout, as Keras counts)
+                losses = torch.stack(losses)
+                right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
+                step_losses.append(losses.cpu().numpy())
+                step_logits.append(right)
                 vl, va = self._evaluate(head, layer, Xv, yv, dt)
                 val_loss.append(vl)
                 val_acc.append(va)
                 if callback is not None:
-                    k = len(bounds)
-                    callback(epoch, epoch_logs(losses[step - k:step].cpu().numpy(), correct[step - k:step].cpu().numpy(),
-                                               sizes[:k], vl, va))
+                    callback(epoch, epoch_logs(step_losses[-1], right, sizes[: len(bounds)], vl, va))
         weights = from_torch_layout(layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy())
         return Trajectory.from_steps(
-            losses.cpu().numpy(), correct.cpu().numpy(), sizes, len(bounds), val_loss, val_acc,
+            np.concatenate(step_losses), np.concatenate(step_logits), sizes, len(bounds), val_loss, val_acc,
             weights, self._meta(head, plan, data, device, masks),
         )
 
