@@ -153,10 +153,10 @@ def cmd_run(args) -> int:
     names = sel.installed
     if not names:
         raise InputError("no backend is installed: pip install 'equivtest[all]'")
-    for name, reason in sel.missing.items():
-        print(f"skipping {name}: {reason}", file=sys.stderr)
     sel.check_devices()
     dataset = load_features(args.features)
+    for name, reason in sel.missing.items():  # only once the input is known to be good
+        print(f"skipping {name}: {reason}", file=sys.stderr)
 
     from .experiment import run_experiment
     from .report import markdown, plot, text, write_json

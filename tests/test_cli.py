@@ -158,3 +158,15 @@ def test_ctrl_c_exits_130_after_writing_what_finished(tmp_path):
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["interrupted"] is True and rep["passed"] is False
     assert "Traceback" not in err
+
+
+def test_bad_input_is_one_line_even_when_a_backend_is_missing(tmp_path):
+    """A missing framework must not add lines before the error (seen on a GPU runner without TensorFlow)."""
+    code = (
+        "import importlib.util as u, sys; real = u.find_spec\n"
+        "u.find_spec = lambda n, *a, **k: None if n == 'keras' else real(n, *a, **k)\n"
+        "from equivtest.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    res = subprocess.run([sys.executable, "-c", code, "run", "--features", "missing.h5", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    _assert_usage_error(res, "no such file")

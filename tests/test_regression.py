@@ -18,9 +18,10 @@ BASELINE_TOL = {"float32": {"atol": 2e-6, "rtol": 0.0}, "float64": {"atol": 1e-1
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
-def test_baseline(backend, device, head, dtype, ndarrays_regression):
+def test_baseline(backend, device, head, dtype, request):
     if device != "cpu":
         pytest.skip("baselines are stored for the CPU; GPU runs are compared with the CPU in test_cross_device")
+    ndarrays_regression = request.getfixturevalue("ndarrays_regression")  # pytest-regressions (extra 'test')
     plan = Plan(epochs=2, batch_size=32, lr=0.05, optimizer="momentum", dtype=dtype)
     t = backend.train(head, plan.initial_weights(head, DATA.n_features), plan, DATA, device=device)
     data = {"step_loss": t.step_loss, "val_loss": t.val_loss, "val_accuracy": t.val_accuracy,
