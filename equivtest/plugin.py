@@ -39,6 +39,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU named with --device (skipped otherwise)")
     config.addinivalue_line("markers", "needs_backends(*names): runs only when every named backend is selected")
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's group (inert without it)")
     from .errors import InputError
     from .session import Selection
 
@@ -72,13 +74,23 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Markers become skips here, each naming the flag or extra responsible."""
+    """Markers become skips here, each naming the flag or extra responsible.
+
+    Each backend's tests also form one ``xdist_group``, so ``pytest -n N --dist
+    loadgroup`` keeps a framework's tests on one worker and TensorFlow is not
+    imported by every worker.
+    """
     sel = _selection(config)
     gpu_asked = any(d.split(":")[0] in ("cuda", "mps") for d in sel.devices) and sel.explicit_devices
     for item in items:
         if item.get_closest_marker("gpu") and not gpu_asked:
             item.add_marker(pytest.mark.skip(reason="needs a GPU: run with --device=cuda (or EQUIVTEST_DEVICE=cuda)"))
         m = item.get_closest_marker("needs_backends")
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "backend" in callspec.params:
+            item.add_marker(pytest.mark.xdist_group(callspec.params["backend"]))
+        elif m:
+            item.add_marker(pytest.mark.xdist_group("keras" if "keras" in m.args else m.args[-1]))
         if m:
             absent = [n for n in m.args if n not in sel.backends]
             missing = [sel.missing[n] for n in m.args if n in sel.missing]
