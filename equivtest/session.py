@@ -126,6 +126,16 @@ class Selection:
             self._dataset = load_features(self.features)
         return self._dataset
 
+    @staticmethod
+    def _devices_of(name: str) -> str:
+        """The devices a backend sees if it is already loaded, else what it can use (imports nothing)."""
+        loaded = _registry._loaded.get(name)
+        if loaded is not None:
+            return ", ".join(loaded.devices())
+        kinds = _registry.info(name).device_kinds
+        return "cpu" + (f"; can use {', '.join(k for k in kinds if k != 'cpu')} (probed with --device)"
+                        if len(kinds) > 1 else " only")
+
     def header_lines(self) -> list[str]:
         lines = []
         tf32 = os.environ.get("EQUIVTEST_TF32", "0")
@@ -134,7 +144,7 @@ class Selection:
             if name in self.missing:
                 parts.append(f"{name} (not installed: pip install 'equivtest[{_registry.info(name).extra}]')")
             else:
-                parts.append(f"{name} ({framework_version(name)})")
+                parts.append(f"{name} ({framework_version(name)}; devices: {self._devices_of(name)})")
         lines.append("equivtest backends: " + ", ".join(parts))
         lines.append(
             f"equivtest devices: {', '.join(self.devices)}; dtypes float32, float64; "

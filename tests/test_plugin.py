@@ -35,7 +35,7 @@ def test_ids_and_header_for_a_named_backend(pytester):
     res = pytester.runpytest_subprocess("--backend=numpy", "-v", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([
-        "equivtest backends: numpy (numpy *)",
+        "equivtest backends: numpy (numpy *; devices: cpu only)",
         "equivtest devices: cpu; dtypes float32, float64; TF32 off*",
         "equivtest features: synthetic:2000x128",
         "*test_probe?numpy-cpu? PASSED*",
