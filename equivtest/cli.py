@@ -50,6 +50,7 @@ def _positive_float(s: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .plan import Optimizer
 
     p = _Parser(prog="equivtest", description="Prove that a two-class softmax head and a one-logit sigmoid head "
                                               "are the same classifier, by training both.")
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=_positive_float, default=1e-3, help="softmax learning rate; sigmoid gets 2x (default: 0.001)")
     r.add_argument("--lr-factor", type=_positive_float, default=2.0,
                    help="sigmoid lr = factor x softmax lr; 1 is the negative control that must fail (default: 2)")
-    r.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "nesterov", "adam"], help="default: sgd")
+    r.add_argument("--optimizer", default="sgd", choices=list(Optimizer.PRESETS),
+                   help="sgd, momentum, nesterov, adam, rmsprop, adagrad, adamw (default: sgd)")
     r.add_argument("--dropout", type=float, default=0.5, help="dropout rate before the Dense layer (default: 0.5)")
     r.add_argument("--seed", type=int, default=20180520, help="default: 20180520 (the seed's)")
     r.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")

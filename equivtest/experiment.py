@@ -26,8 +26,9 @@ from . import backends as _registry
 from .compare import PROBA_TOLERANCES, TOLERANCES, compare_trajectories
 from .data import SURROGATE_SHAPE, Dataset
 from .heads import lr_factor as rule_lr_factor
-from .heads import n_params, softmax_to_sigmoid
+from .heads import n_params, sigmoid_to_softmax, softmax_to_sigmoid
 from .plan import Plan
+from .rules import needs_symmetric_init, sigmoid_plan
 from .trajectory import Trajectory
 
 RUNS = ("softmax", "sigmoid_converted", "sigmoid_random")
@@ -125,7 +126,9 @@ def run_specs(plan: Plan, d: int, masks: str = "shared", factor: float | None = 
     if masks not in MASK_MODES:
         raise ValueError(f"masks must be one of {', '.join(MASK_MODES)}, got {masks!r}")
     w = plan.initial_weights("softmax", d)
-    sig_plan = plan.replace(lr=(rule_lr_factor() if factor is None else factor) * plan.lr)
+    if needs_symmetric_init(plan):  # coupled L2 with an adaptive optimizer: the rule needs w0 + w1 = 0
+        w = sigmoid_to_softmax(softmax_to_sigmoid(w), "symmetric")
+    sig_plan = sigmoid_plan(plan, factor)
     independent = masks == "independent"
     return [
         ("softmax", "softmax", w, plan),
@@ -216,10 +219,12 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             ta, tb = res.results[a].runs["softmax"], res.results[b].runs["softmax"]
-            same_adam = (getattr(_registry.get(a), "adam_epsilon", None) == getattr(_registry.get(b), "adam_epsilon", None))
+            same_eps = (getattr(_registry.get(a), "epsilon_convention", None)
+                        == getattr(_registry.get(b), "epsilon_convention", None))
             gap = compare_trajectories(ta, tb, dtype="float32").fields["step_loss"].max_abs
-            if res.plan.optimizer.name == "adam" and not same_adam:
-                detail = "softmax step_loss; Adam epsilon conventions differ (torch vs keras), shown for information"
+            if res.plan.optimizer.name != "sgd" and not same_eps:
+                detail = ("softmax step_loss; the frameworks place the optimizer's epsilon differently "
+                          "(torch vs keras), shown for information")
                 checks.append(Check("cross_framework_step_loss_info", f"{a} vs {b}", gap, float("inf"), "<=", detail))
             else:  # every backend's softmax run uses the same plan masks in both mask modes
                 checks.append(Check("cross_framework_step_loss", f"{a} vs {b}", gap, TOLERANCES["float32"]["atol"],

@@ -33,9 +33,17 @@ _ORDER, _MASK, _INIT = 1, 2, 3
 class Optimizer:
     """An optimizer spec every backend can build.
 
-    ``name`` is ``"sgd"`` (with optional ``momentum`` and ``nesterov``) or
-    ``"adam"`` (``beta_1``, ``beta_2``, ``epsilon``).  Defaults are Keras's
-    (Adam epsilon 1e-7).
+    ``name``: ``"sgd"`` (``momentum``, ``nesterov``), ``"adam"`` / ``"adamw"``
+    (``beta_1``, ``beta_2``), ``"rmsprop"`` (``rho``), ``"adagrad"``
+    (``initial_accumulator``); ``epsilon`` for the adaptive ones.  Defaults are
+    Keras's (epsilon 1e-7, rho 0.9, initial accumulator 0.1).
+
+    ``weight_decay`` with ``decay="coupled"``: L2, ``wd * w`` added to every
+    gradient (PyTorch's ``weight_decay=``; in Keras an L2 regularizer of
+    ``wd / 2`` on kernel and bias).  ``decay="decoupled"``: ``w -= lr * wd * w``
+    before each update (AdamW; Keras's optimizer ``weight_decay=``).  ``adamw`` is
+    always decoupled.  Each framework's epsilon placement is its own (see
+    ``equivtest.backends.numpy``).
     """
 
     name: str = "sgd"
@@ -43,11 +51,16 @@ class Optimizer:
     nesterov: bool = False
     beta_1: float = 0.9
     beta_2: float = 0.999
+    rho: float = 0.9
+    initial_accumulator: float = 0.1
     epsilon: float = 1e-7
+    weight_decay: float = 0.0
+    decay: str = "coupled"
 
-    NAMES = ("sgd", "adam")
+    NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
     #: the short names ``parse`` accepts, each a complete spec
-    PRESETS = ("sgd", "momentum", "nesterov", "adam")
+    PRESETS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad", "adamw")
+    DECAYS = ("coupled", "decoupled")
 
     def __post_init__(self):
         if self.name not in self.NAMES:
@@ -56,31 +69,42 @@ class Optimizer:
             raise InputError(f"optimizer momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0.0:
             raise InputError("optimizer nesterov=True needs momentum > 0")
+        if self.decay not in self.DECAYS:
+            raise InputError(f"weight decay must be one of {', '.join(self.DECAYS)}, got {self.decay!r}")
+        if self.name == "adamw" and self.decay != "decoupled":
+            raise InputError("adamw's weight decay is decoupled by definition (decay='decoupled')")
+        if not (self.weight_decay >= 0 and np.isfinite(self.weight_decay)):
+            raise InputError(f"weight decay must be >= 0, got {self.weight_decay}")
 
     @classmethod
     def parse(cls, spec: str | Optimizer) -> Optimizer:
-        """``"sgd"``, ``"momentum"`` (0.9), ``"nesterov"`` (0.9), ``"adam"``."""
+        """sgd, momentum (0.9), nesterov (0.9), adam, rmsprop, adagrad, adamw (decoupled decay 0.004)."""
         if isinstance(spec, Optimizer):
             return spec
         key = str(spec).strip().lower()
-        if key == "sgd":
-            return cls("sgd")
-        if key == "momentum":
-            return cls("sgd", momentum=0.9)
-        if key == "nesterov":
-            return cls("sgd", momentum=0.9, nesterov=True)
-        if key == "adam":
-            return cls("adam")
-        raise InputError(f"unknown optimizer {spec!r}; expected one of {', '.join(cls.PRESETS)}")
+        presets = {
+            "sgd": dict(name="sgd"), "momentum": dict(name="sgd", momentum=0.9),
+            "nesterov": dict(name="sgd", momentum=0.9, nesterov=True), "adam": dict(name="adam"),
+            "rmsprop": dict(name="rmsprop"), "adagrad": dict(name="adagrad"),
+            "adamw": dict(name="adamw", weight_decay=0.004, decay="decoupled"),
+        }
+        if key not in presets:
+            raise InputError(f"unknown optimizer {spec!r}; expected one of {', '.join(cls.PRESETS)}")
+        return cls(**presets[key])
+
+    def replace(self, **changes) -> Optimizer:
+        return dataclasses.replace(self, **changes)
 
     @property
     def label(self) -> str:
-        """Short name for test ids and tables: sgd, momentum, nesterov, adam."""
+        """Short name for test ids and tables: sgd, momentum, nesterov, adam, rmsprop, adagrad, adamw."""
         if self.name == "sgd":
-            if self.nesterov:
-                return "nesterov"
-            return "momentum" if self.momentum else "sgd"
-        return self.name
+            base = "nesterov" if self.nesterov else ("momentum" if self.momentum else "sgd")
+        else:
+            base = self.name
+        if self.weight_decay and self.name != "adamw":
+            base += f"+{'l2' if self.decay == 'coupled' else 'wd'}"
+        return base
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,6 +127,11 @@ class Plan:
     seed: int = 20180520
     dtype: str = "float32"
     mask_stream: int = 0
+    #: targets become y (1 - e) + e / 2 for both heads (Keras's and PyTorch's definition with K = 2)
+    label_smoothing: float = 0.0
+    #: (w0, w1): each sample's loss weighted by its class's weight, mean over the batch size (Keras's
+    #: ``class_weight`` and ``sum_over_batch_size``); None: unweighted
+    class_weight: tuple[float, float] | None = None
 
     def __post_init__(self):
         if isinstance(self.optimizer, str):
@@ -119,7 +148,24 @@ class Plan:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if int(self.seed) != self.seed or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.class_weight is not None:
+            cw = tuple(float(w) for w in self.class_weight)
+            if len(cw) != 2 or min(cw) < 0 or not all(np.isfinite(cw)):
+                raise InputError(f"class weights must be two non-negative numbers, got {self.class_weight}")
+            object.__setattr__(self, "class_weight", cw)
 
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        """p(y = 1) targets after label smoothing: y (1 - e) + e / 2 (float64)."""
+        e = self.label_smoothing
+        return y.astype(np.float64) * (1.0 - e) + e / 2.0
+
+    def sample_weights(self, y: np.ndarray) -> np.ndarray | None:
+        """Per-sample loss weights from ``class_weight`` (None when unweighted)."""
+        if self.class_weight is None:
+            return None
+        return np.asarray(self.class_weight, dtype=np.float64)[y]
     # -- derived ------------------------------------------------------------------
     def replace(self, **changes) -> Plan:
         return dataclasses.replace(self, **changes)
@@ -193,6 +239,8 @@ class Plan:
     def from_dict(cls, d: dict) -> Plan:
         d = dict(d)
         d["optimizer"] = Optimizer(**d["optimizer"])
+        if d.get("class_weight") is not None:
+            d["class_weight"] = tuple(d["class_weight"])
         return cls(**d)
 
     def describe(self) -> str:

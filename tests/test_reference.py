@@ -37,7 +37,7 @@ def test_negative_control_sigmoid_at_the_same_rate_differs(oracle, optimizer):
     assert cmp.fields["step_loss"].max_abs >= 1e-3
 
 
-def test_adam_epsilon_conventions_differ_but_slightly():
+def test_epsilon_convention_conventions_differ_but_slightly():
     plan = Plan(epochs=2, batch_size=32, lr=0.01, optimizer="adam", dtype="float64")
     w = plan.initial_weights("softmax", DATA.n_features)
     a = NumpyBackend("torch").train("softmax", w, plan, DATA)

@@ -29,7 +29,7 @@ class BaseBackend:
     supports_float64 = True
     deterministic = True
     #: where Adam's epsilon enters: "torch" (after bias correction) or "keras" (before)
-    adam_epsilon = "torch"
+    epsilon_convention = "torch"
 
     # -- identity -----------------------------------------------------------------
     def version(self) -> str:

@@ -64,22 +64,22 @@ class StepRecorder(keras.metrics.Metric):
     ``reset_state`` (called by ``fit`` at each epoch start) rewinds the counter.
     """
 
-    def __init__(self, head: str, capacity: int, dtype: str, name: str = "step_recorder"):
+    def __init__(self, head: str, capacity: int, dtype: str, loss: keras.losses.Loss, name: str = "step_recorder"):
         super().__init__(name=name, dtype=dtype)
         self.head = head
+        self.loss = loss
         self.values = self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name="values")
         self.right = self.add_variable(shape=(capacity,), initializer="zeros", dtype="int32", name="right")
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        loss = self.loss(y_true, y_pred, sample_weight=sample_weight)  # the compiled loss: same value
         if self.head == SOFTMAX:
-            loss = keras.losses.categorical_crossentropy(y_true, y_pred)
             hit = ops.equal(ops.argmax(y_pred, axis=-1), ops.argmax(y_true, axis=-1))
         else:
-            loss = keras.losses.binary_crossentropy(y_true, y_pred)
-            hit = ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0], "int32"))
+            hit = ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0] > 0.5, "int32"))
         i = ops.reshape(self.count, (1,))
-        self.values.assign(ops.slice_update(self.values, i, ops.reshape(ops.mean(loss), (1,))))
+        self.values.assign(ops.slice_update(self.values, i, ops.reshape(loss, (1,))))
         self.right.assign(ops.slice_update(self.right, i, ops.reshape(ops.sum(ops.cast(hit, "int32")), (1,))))
         self.count.assign(self.count + 1)
 
@@ -90,8 +90,10 @@ class StepRecorder(keras.metrics.Metric):
         self.count.assign(0)
 
 
-def _loss(head: str) -> str:
-    return "categorical_crossentropy" if head == SOFTMAX else "binary_crossentropy"
+def _loss(head: str, label_smoothing: float = 0.0) -> keras.losses.Loss:
+    if head == SOFTMAX:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
 
 
 def _targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
@@ -105,7 +107,7 @@ class Backend(BaseBackend):
     framework = "tensorflow"
     supports_float64 = True
     #: Keras adds Adam's epsilon to sqrt(v) before bias correction (Kingma & Ba's "epsilon hat")
-    adam_epsilon = "keras"
+    epsilon_convention = "keras"
 
     def __init__(self):
         self._cache: OrderedDict = OrderedDict()
@@ -132,9 +134,14 @@ class Backend(BaseBackend):
         return "/CPU:0" if device == "cpu" else "/GPU:" + device.split(":")[1]
 
     # -- models -------------------------------------------------------------------
-    def _dense(self, head: str, d: int, dtype: str) -> keras.layers.Dense:
+    def _dense(self, head: str, d: int, dtype: str, plan: Plan | None = None) -> keras.layers.Dense:
         act = "softmax" if head == SOFTMAX else "sigmoid"
-        return keras.layers.Dense(UNITS[head], activation=act, dtype=dtype, name=f"{head}_head")
+        reg = {}
+        if plan is not None and plan.optimizer.weight_decay and plan.optimizer.decay == "coupled":
+            # coupled decay wd * w in the gradient = an L2 penalty (wd / 2) ||w||^2 on kernel and bias
+            l2 = plan.optimizer.weight_decay / 2
+            reg = {"kernel_regularizer": keras.regularizers.L2(l2), "bias_regularizer": keras.regularizers.L2(l2)}
+        return keras.layers.Dense(UNITS[head], activation=act, dtype=dtype, name=f"{head}_head", **reg)
 
     def _plain_model(self, head: str, d: int, dtype: str, dense=None) -> keras.Model:
         x = keras.Input((d,), dtype=dtype, name="features")
@@ -155,10 +162,19 @@ class Backend(BaseBackend):
     # -- training -----------------------------------------------------------------
     def _optimizer(self, plan: Plan):
         s = plan.optimizer
+        wd = s.weight_decay if s.weight_decay and s.decay == "decoupled" else None  # coupled: regularizers
         if s.name == "sgd":
-            return keras.optimizers.SGD(learning_rate=plan.lr, momentum=s.momentum, nesterov=s.nesterov)
-        if s.name == "adam":
-            return keras.optimizers.Adam(learning_rate=plan.lr, beta_1=s.beta_1, beta_2=s.beta_2, epsilon=s.epsilon)
+            return keras.optimizers.SGD(learning_rate=plan.lr, momentum=s.momentum, nesterov=s.nesterov,
+                                        weight_decay=wd)
+        if s.name in ("adam", "adamw"):
+            cls = keras.optimizers.AdamW if s.name == "adamw" else keras.optimizers.Adam
+            kw = {"weight_decay": wd} if wd is not None or s.name == "adam" else {}
+            return cls(learning_rate=plan.lr, beta_1=s.beta_1, beta_2=s.beta_2, epsilon=s.epsilon, **kw)
+        if s.name == "rmsprop":
+            return keras.optimizers.RMSprop(learning_rate=plan.lr, rho=s.rho, epsilon=s.epsilon, weight_decay=wd)
+        if s.name == "adagrad":
+            return keras.optimizers.Adagrad(learning_rate=plan.lr, epsilon=s.epsilon, weight_decay=wd,
+                                            initial_accumulator_value=s.initial_accumulator)
         raise NotImplementedError(f"backend 'keras' has no optimizer {s.name!r}")
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
@@ -186,6 +202,7 @@ class Backend(BaseBackend):
         val_ds = tf.data.Dataset.from_tensors(val)
 
         sizes = batch_sizes(plan, n)
+        class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
         losses, correct, val_loss, val_acc = [], [], [], []
         order, keep = self._epoch_buffers(n, d, use_plan_masks)
         for epoch in range(plan.epochs):
@@ -193,11 +210,11 @@ class Backend(BaseBackend):
             if keep is not None:
                 keep.assign(plan.epoch_masks(epoch, n, d))
             c.model.fit(_epoch_dataset(Xt, Yt, order, keep, plan.batch_size, steps), epochs=1, verbose=0,
-                        shuffle=False)
+                        shuffle=False, class_weight=class_weight)
             losses.append(ops.convert_to_numpy(c.recorder.values))
             correct.append(ops.convert_to_numpy(c.recorder.right))
             ev = c.evaluator.evaluate(val_ds, verbose=0, return_dict=True)
-            val_loss.append(ev["loss"])
+            val_loss.append(ev["data_loss"])
             val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
             if callback is not None:
                 callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], val_loss[-1], val_acc[-1]))
@@ -213,13 +230,13 @@ class Backend(BaseBackend):
         Runs with the framework's own Dropout are built afresh: their RNG state belongs to the run.
         """
         dt = plan.dtype
-        key = (head, d, dt, plan.optimizer, plan.dropout, masks, steps, plan.batch_size, tf.config.experimental
-               .tensor_float_32_execution_enabled())
+        key = (head, d, dt, plan.optimizer, plan.dropout, masks, steps, plan.batch_size, plan.label_smoothing,
+               tf.config.experimental.tensor_float_32_execution_enabled())
         native = masks == "native" and plan.dropout > 0
         if not native and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        dense = self._dense(head, d, dt)
+        dense = self._dense(head, d, dt, plan)
         x_in = keras.Input((d,), dtype=dt, name="features")
         if masks == "plan" and plan.dropout > 0:
             m_in = keras.Input((d,), dtype="bool", name="keep_mask")
@@ -229,11 +246,16 @@ class Backend(BaseBackend):
             model = keras.Model(x_in, dense(drop(x_in)))
         else:
             model = keras.Model(x_in, dense(x_in))
-        recorder = StepRecorder(head, steps, dt)
-        model.compile(optimizer=self._optimizer(plan), loss=_loss(head), metrics=[recorder],
+        loss = _loss(head, plan.label_smoothing)
+        recorder = StepRecorder(head, steps, dt, loss)
+        # a weighted metric: it receives the same sample weights (class_weight) as the loss
+        model.compile(optimizer=self._optimizer(plan), loss=loss, weighted_metrics=[recorder],
                       steps_per_execution=steps, jit_compile=False)
         evaluator = self._plain_model(head, d, dt, dense)
-        evaluator.compile(loss=_loss(head), metrics=["accuracy"], jit_compile=False)
+        # val_loss is the data loss: a metric, since evaluate()'s "loss" adds the L2 penalties
+        data_loss = (keras.metrics.CategoricalCrossentropy if head == SOFTMAX else keras.metrics.BinaryCrossentropy)(
+            name="data_loss", label_smoothing=plan.label_smoothing)
+        evaluator.compile(loss=_loss(head, plan.label_smoothing), metrics=["accuracy", data_loss], jit_compile=False)
         c = _Compiled(model, dense, recorder, evaluator)
         if not native:
             self._cache[key] = c

@@ -13,17 +13,26 @@ differently, except Adam's epsilon, which Keras adds before bias correction):
 - SGD: ``w -= lr g``; momentum ``buf = mu buf + g``; plain ``w -= lr buf``;
   Nesterov ``w -= lr (g + mu buf)``.
 - Adam: ``m, v`` moving averages; ``w -= lr m_hat / (sqrt(v_hat) + eps)``
-  (``adam_epsilon="torch"``) or, as Keras writes it,
+  (``epsilon_convention="torch"``) or, as Keras writes it,
   ``w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)`` (``"keras"``).
-  The two differ only by where epsilon enters; :func:`reference_for` picks the one
-  a framework backend uses, so cross-framework checks compare like with like.
+  AdamW: the same after ``w -= lr wd w``.
+- RMSprop: ``v = rho v + (1 - rho) g^2``; ``w -= lr g / (sqrt(v) + eps)``
+  (torch) or ``lr g / sqrt(v + eps)`` (Keras).
+- Adagrad: ``acc = acc0 + sum g^2``; ``w -= lr g / (sqrt(acc) + eps)`` (torch) or
+  ``lr g / sqrt(acc + eps)`` (Keras).
+- Weight decay: coupled adds ``wd w`` to the gradient; decoupled does
+  ``w -= lr wd w`` before the update.
+
+The frameworks differ only by where epsilon enters; :func:`reference_for`
+picks the convention a framework backend uses, so cross-framework checks
+compare like with like.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..heads import SOFTMAX, Weights, n_params
+from ..heads import SOFTMAX, Weights, n_params, sigmoid
 from ..heads import predict_proba as _predict_proba
 from ..plan import Optimizer, Plan
 from ..trajectory import Trajectory
@@ -35,10 +44,10 @@ class Backend(BaseBackend):
     framework = "numpy"
     supports_float64 = True
 
-    def __init__(self, adam_epsilon: str = "torch"):
-        if adam_epsilon not in ("torch", "keras"):
-            raise ValueError(f"adam_epsilon must be 'torch' or 'keras', got {adam_epsilon!r}")
-        self.adam_epsilon = adam_epsilon
+    def __init__(self, epsilon_convention: str = "torch"):
+        if epsilon_convention not in ("torch", "keras"):
+            raise ValueError(f"epsilon_convention must be 'torch' or 'keras', got {epsilon_convention!r}")
+        self.epsilon_convention = epsilon_convention
 
     def version(self) -> str:
         return np.__version__
@@ -57,10 +66,12 @@ class Backend(BaseBackend):
         X = data.features("train", plan.dtype)
         Xv = data.features("val", plan.dtype)
         y = data.y_train
+        T, W = plan.targets(y), plan.sample_weights(y)  # smoothed targets, class weights
+        Tv = plan.targets(data.y_val)
         n, d = X.shape
         K = init.kernel.astype(dt, copy=True)
         b = init.bias.astype(dt, copy=True)
-        opt = _Optimizer(plan.optimizer, plan.lr, [K, b], self.adam_epsilon)
+        opt = _Optimizer(plan.optimizer, plan.lr, [K, b], self.epsilon_convention)
         scale = dt.type(plan.mask_scale)
         mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.mask_stream + 1_000_003)
         bounds = plan.batch_bounds(n)
@@ -78,11 +89,12 @@ class Backend(BaseBackend):
                 if m is not None:  # x * scale where kept, else 0 (in place, no temporaries)
                     xb *= scale
                     xb *= m[s:t]
-                loss, n_right, gz = _loss_and_grad(head, xb @ K + b, y[idx])
+                loss, n_right, gz = _loss_and_grad(head, xb @ K + b, y[idx], T[idx],
+                                                   None if W is None else W[idx])
                 losses.append(loss)
                 correct.append(n_right)
                 opt.step([xb.T @ gz, gz.sum(axis=0)])
-            vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, grad=False)
+            vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, Tv, None, grad=False)
             val_loss.append(vl)
             val_acc.append(vr / len(data.y_val))
             if callback is not None:
@@ -96,39 +108,47 @@ class Backend(BaseBackend):
 
 def reference_for(backend) -> Backend:
     """The float64 oracle for ``backend``: a NumPy backend with its Adam epsilon convention."""
-    return Backend(adam_epsilon=getattr(backend, "adam_epsilon", "torch"))
+    return Backend(epsilon_convention=getattr(backend, "epsilon_convention", "torch"))
 
 
-def _loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, grad: bool = True):
-    """(mean loss, number correct, dL/dz) for logits ``z`` of one batch."""
+def _loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, w: np.ndarray | None,
+                   grad: bool = True):
+    """(mean loss, number correct, dL/dz) for logits ``z`` of one batch.
+
+    ``t``: p(y=1) targets (label-smoothed), ``w``: per-sample weights or None;
+    the loss is sum(w_i L_i) / B (Keras's sum_over_batch_size).
+    """
     B = z.shape[0]
     if head == SOFTMAX:
         zmax = z.max(axis=1, keepdims=True)
         lse = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
-        rows = np.arange(B)
-        loss = float(np.mean(lse - z[rows, y]))
+        per = lse - (t * z[:, 1] + (1 - t) * z[:, 0])
         right = int(np.sum(np.argmax(z, axis=1) == y))
-        if not grad:
-            return loss, right, None
-        g = np.exp(z - lse[:, None])
-        g[rows, y] -= 1
-        return loss, right, g / B
-    zz = z[:, 0]
-    loss = float(np.mean(np.logaddexp(0, zz) - y * zz))
-    right = int(np.sum((zz > 0) == (y == 1)))
+        g = np.exp(z - lse[:, None]) if grad else None
+        if grad:
+            g[:, 0] -= 1 - t
+            g[:, 1] -= t
+    else:
+        zz = z[:, 0]
+        per = np.logaddexp(0, zz) - t * zz
+        right = int(np.sum((zz > 0) == (y == 1)))
+        g = (sigmoid(zz) - t)[:, None] if grad else None
+    if w is not None:
+        per = per * w
+        if grad:
+            g = g * w[:, None]
+    loss = float(np.mean(per))
     if not grad:
         return loss, right, None
-    from ..heads import sigmoid
-
-    return loss, right, ((sigmoid(zz) - y) / B)[:, None].astype(z.dtype)
+    return loss, right, (g / B).astype(z.dtype, copy=False)
 
 
 class _Optimizer:
     """In-place updates of a list of arrays, PyTorch's equations (module docstring)."""
 
-    def __init__(self, spec: Optimizer, lr: float, params, adam_epsilon: str = "torch"):
+    def __init__(self, spec: Optimizer, lr: float, params, epsilon_convention: str = "torch"):
         self.spec, self.lr, self.params = spec, lr, params
-        self.adam_epsilon = adam_epsilon
+        self.epsilon_convention = epsilon_convention
         self.t = 0
         self.state = [np.zeros_like(p) for p in params]
         self.state2 = [np.zeros_like(p) for p in params]
@@ -136,23 +156,37 @@ class _Optimizer:
     def step(self, grads):
         s, lr = self.spec, self.lr
         self.t += 1
+        keras = self.epsilon_convention == "keras"
         for p, g, a, v in zip(self.params, grads, self.state, self.state2):
             g = g.astype(p.dtype, copy=False)
+            if s.weight_decay and s.decay == "coupled":
+                g = g + s.weight_decay * p  # L2: wd * w added to the gradient
+            elif s.weight_decay:
+                p -= (lr * s.weight_decay) * p  # decoupled, before the update (AdamW, Keras)
             if s.name == "sgd":
                 if s.momentum:
                     a *= s.momentum
                     a += g
                     g = g + s.momentum * a if s.nesterov else a
                 p -= lr * g
-            elif s.name == "adam":
+            elif s.name in ("adam", "adamw"):
                 a *= s.beta_1
                 a += (1 - s.beta_1) * g
                 v *= s.beta_2
                 v += (1 - s.beta_2) * g * g
                 bc1, bc2 = 1 - s.beta_1 ** self.t, 1 - s.beta_2 ** self.t
-                if self.adam_epsilon == "keras":
+                if keras:
                     p -= (lr * np.sqrt(bc2) / bc1) * a / (np.sqrt(v) + s.epsilon)
                 else:
                     p -= lr * (a / bc1) / (np.sqrt(v / bc2) + s.epsilon)
+            elif s.name == "rmsprop":
+                v *= s.rho
+                v += (1 - s.rho) * g * g
+                p -= lr * g / (np.sqrt(v + s.epsilon) if keras else np.sqrt(v) + s.epsilon)
+            elif s.name == "adagrad":
+                if self.t == 1:
+                    v += s.initial_accumulator
+                v += g * g
+                p -= lr * g / (np.sqrt(v + s.epsilon) if keras else np.sqrt(v) + s.epsilon)
             else:  # pragma: no cover - Optimizer validates names
                 raise NotImplementedError(f"backend 'numpy' has no optimizer {s.name!r}")

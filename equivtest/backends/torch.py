@@ -35,7 +35,7 @@ class Backend(BaseBackend):
     name = "torch"
     framework = "torch"
     supports_float64 = True
-    adam_epsilon = "torch"
+    epsilon_convention = "torch"
 
     def __init__(self):
         self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
@@ -90,10 +90,22 @@ class Backend(BaseBackend):
     # -- training -----------------------------------------------------------------
     def _optimizer(self, plan: Plan, params):
         s = plan.optimizer
+        wd = s.weight_decay
+        if wd and s.decay == "decoupled" and s.name != "adamw":
+            raise NotImplementedError(
+                f"backend 'torch' has no decoupled weight decay for {s.name!r} (torch.optim offers it in AdamW only)"
+            )
         if s.name == "sgd":
-            return torch.optim.SGD(params, lr=plan.lr, momentum=s.momentum, nesterov=s.nesterov)
+            return torch.optim.SGD(params, lr=plan.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=wd)
         if s.name == "adam":
-            return torch.optim.Adam(params, lr=plan.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon)
+            return torch.optim.Adam(params, lr=plan.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon, weight_decay=wd)
+        if s.name == "adamw":
+            return torch.optim.AdamW(params, lr=plan.lr, betas=(s.beta_1, s.beta_2), eps=s.epsilon, weight_decay=wd)
+        if s.name == "rmsprop":
+            return torch.optim.RMSprop(params, lr=plan.lr, alpha=s.rho, eps=s.epsilon, weight_decay=wd)
+        if s.name == "adagrad":
+            return torch.optim.Adagrad(params, lr=plan.lr, eps=s.epsilon, weight_decay=wd,
+                                       initial_accumulator_value=s.initial_accumulator)
         raise NotImplementedError(f"backend 'torch' has no optimizer {s.name!r}")
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
@@ -104,7 +116,11 @@ class Backend(BaseBackend):
         X = torch.as_tensor(data.X_train, device=dev).to(dt)
         y = torch.as_tensor(data.y_train, device=dev)
         n, d = X.shape
-        yt = y if head == SOFTMAX else y.to(dt)
+        # targets: class indices (+ label_smoothing=) for F.cross_entropy; smoothed floats for BCE
+        yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train), device=dev).to(dt)
+        sw = plan.sample_weights(data.y_train)
+        sw = None if sw is None else torch.as_tensor(sw, device=dev).to(dt)
+        loss_fn = _loss_fn(head, plan.label_smoothing)
         layer = self._linear(init, dev, dt)
         opt = self._optimizer(plan, layer.parameters())
         bounds = plan.batch_bounds(n)
@@ -113,6 +129,7 @@ class Backend(BaseBackend):
         sizes = batch_sizes(plan, n)
         Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
         yv = torch.as_tensor(data.y_val, device=dev)
+        yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
         buf = torch.empty((plan.batch_size, d), device=dev, dtype=dt)  # one batch, reused every step
         step_losses, step_logits, val_loss, val_acc = [], [], [], []
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -131,8 +148,7 @@ class Backend(BaseBackend):
                     elif dropout is not None:
                         xb = dropout(xb)
                     z = layer(xb)
-                    loss = F.cross_entropy(z, yt[idx]) if head == SOFTMAX else \
-                        F.binary_cross_entropy_with_logits(z[:, 0], yt[idx])
+                    loss = loss_fn(z, yt[idx], None if sw is None else sw[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -143,7 +159,7 @@ class Backend(BaseBackend):
                 right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
                 step_losses.append(losses.cpu().numpy())
                 step_logits.append(right)
-                vl, va = self._evaluate(head, layer, Xv, yv, dt)
+                vl, va = self._evaluate(head, layer, loss_fn, Xv, yv, yv_t)
                 val_loss.append(vl)
                 val_acc.append(va)
                 if callback is not None:
@@ -154,13 +170,22 @@ class Backend(BaseBackend):
             weights, self._meta(head, plan, data, device, masks),
         )
 
-    def _evaluate(self, head, layer, Xv, yv, dt):
+    def _evaluate(self, head, layer, loss_fn, Xv, yv, yv_t):
         with torch.no_grad():
             z = layer(Xv)
-            if head == SOFTMAX:
-                loss = F.cross_entropy(z, yv)
-                right = (z.argmax(dim=1) == yv).sum()
-            else:
-                loss = F.binary_cross_entropy_with_logits(z[:, 0], yv.to(dt))
-                right = ((z[:, 0] > 0) == (yv == 1)).sum()
+            loss = loss_fn(z, yv_t, None)
+            right = (z.argmax(dim=1) == yv).sum() if head == SOFTMAX else ((z[:, 0] > 0) == (yv == 1)).sum()
         return float(loss), int(right) / len(yv)
+
+
+def _loss_fn(head: str, label_smoothing: float):
+    """The batch loss as a PyTorch user writes it; per-sample weights give sum(w l) / B."""
+    if head == SOFTMAX:
+        def loss(z, y, w):
+            if w is None:
+                return F.cross_entropy(z, y, label_smoothing=label_smoothing)
+            return (F.cross_entropy(z, y, label_smoothing=label_smoothing, reduction="none") * w).mean()
+    else:
+        def loss(z, t, w):  # t: already smoothed p(y=1) targets
+            return F.binary_cross_entropy_with_logits(z[:, 0], t, weight=w)  # weight: w_i l_i, mean over B
+    return loss
