@@ -132,6 +132,15 @@ class Plan:
     #: (w0, w1): each sample's loss weighted by its class's weight, mean over the batch size (Keras's
     #: ``class_weight`` and ``sum_over_batch_size``); None: unweighted
     class_weight: tuple[float, float] | None = None
+    #: "crossentropy" or "focal": the frameworks' focal losses, (1 - p_t)^gamma weighting of -log p_t
+    loss: str = "crossentropy"
+    focal_gamma: float = 2.0
+    #: focal alpha *as each head's shipped loss reads it*: the sigmoid head's binary focal loss
+    #: balances classes (alpha for y = 1, 1 - alpha for y = 0; Keras apply_class_balancing=True,
+    #: torchvision alpha >= 0); the softmax head's categorical focal loss multiplies every class
+    #: by alpha (Keras CategoricalFocalCrossentropy).  None: no alpha (Keras binary's default;
+    #: categorical alpha = 1).
+    focal_alpha: float | None = None
 
     def __post_init__(self):
         if isinstance(self.optimizer, str):
@@ -150,6 +159,14 @@ class Plan:
             raise InputError(f"seed must be a non-negative integer, got {self.seed}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.loss not in ("crossentropy", "focal"):
+            raise InputError(f"loss must be 'crossentropy' or 'focal', got {self.loss!r}")
+        if self.loss == "focal" and self.label_smoothing:
+            raise InputError("focal loss with label smoothing is not supported")
+        if not self.focal_gamma >= 0:
+            raise InputError(f"focal gamma must be >= 0, got {self.focal_gamma}")
+        if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
+            raise InputError(f"focal alpha must be in [0, 1], got {self.focal_alpha}")
         if self.class_weight is not None:
             cw = tuple(float(w) for w in self.class_weight)
             if len(cw) != 2 or min(cw) < 0 or not all(np.isfinite(cw)):
@@ -166,6 +183,15 @@ class Plan:
         if self.class_weight is None:
             return None
         return np.asarray(self.class_weight, dtype=np.float64)[y]
+
+    def focal_weights(self, head: str, y: np.ndarray) -> np.ndarray:
+        """Per-sample focal alpha factor for ``head`` (see ``focal_alpha``)."""
+        a = self.focal_alpha
+        if a is None:
+            return np.ones(len(y))
+        if head == "sigmoid":
+            return np.where(y == 1, a, 1.0 - a)
+        return np.full(len(y), a, dtype=np.float64)
     # -- derived ------------------------------------------------------------------
     def replace(self, **changes) -> Plan:
         return dataclasses.replace(self, **changes)

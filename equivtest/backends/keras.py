@@ -90,7 +90,15 @@ class StepRecorder(keras.metrics.Metric):
         self.count.assign(0)
 
 
-def _loss(head: str, label_smoothing: float = 0.0) -> keras.losses.Loss:
+def _loss(head: str, plan: Plan) -> keras.losses.Loss:
+    """The Keras loss object a user compiles with, for ``plan``'s loss."""
+    label_smoothing = plan.label_smoothing
+    if plan.loss == "focal":
+        a = plan.focal_alpha
+        if head == SOFTMAX:  # alpha multiplies every class
+            return keras.losses.CategoricalFocalCrossentropy(alpha=1.0 if a is None else a, gamma=plan.focal_gamma)
+        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=a is not None,
+                                                    alpha=0.25 if a is None else a, gamma=plan.focal_gamma)
     if head == SOFTMAX:
         return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
@@ -231,6 +239,7 @@ class Backend(BaseBackend):
         """
         dt = plan.dtype
         key = (head, d, dt, plan.optimizer, plan.dropout, masks, steps, plan.batch_size, plan.label_smoothing,
+               plan.loss, plan.focal_gamma, plan.focal_alpha,
                tf.config.experimental.tensor_float_32_execution_enabled())
         native = masks == "native" and plan.dropout > 0
         if not native and key in self._cache:
@@ -246,16 +255,15 @@ class Backend(BaseBackend):
             model = keras.Model(x_in, dense(drop(x_in)))
         else:
             model = keras.Model(x_in, dense(x_in))
-        loss = _loss(head, plan.label_smoothing)
+        loss = _loss(head, plan)
         recorder = StepRecorder(head, steps, dt, loss)
         # a weighted metric: it receives the same sample weights (class_weight) as the loss
         model.compile(optimizer=self._optimizer(plan), loss=loss, weighted_metrics=[recorder],
                       steps_per_execution=steps, jit_compile=False)
         evaluator = self._plain_model(head, d, dt, dense)
         # val_loss is the data loss: a metric, since evaluate()'s "loss" adds the L2 penalties
-        data_loss = (keras.metrics.CategoricalCrossentropy if head == SOFTMAX else keras.metrics.BinaryCrossentropy)(
-            name="data_loss", label_smoothing=plan.label_smoothing)
-        evaluator.compile(loss=_loss(head, plan.label_smoothing), metrics=["accuracy", data_loss], jit_compile=False)
+        data_loss = keras.metrics.MeanMetricWrapper(_loss(head, plan), name="data_loss")
+        evaluator.compile(loss=_loss(head, plan), metrics=["accuracy", data_loss], jit_compile=False)
         c = _Compiled(model, dense, recorder, evaluator)
         if not native:
             self._cache[key] = c

@@ -67,6 +67,10 @@ class Backend(BaseBackend):
         Xv = data.features("val", plan.dtype)
         y = data.y_train
         T, W = plan.targets(y), plan.sample_weights(y)  # smoothed targets, class weights
+        if plan.loss == "focal":  # the focal alpha factor is one more per-sample weight
+            fa = plan.focal_weights(head, y)
+            W = fa if W is None else W * fa
+        gamma = plan.focal_gamma if plan.loss == "focal" else None
         Tv = plan.targets(data.y_val)
         n, d = X.shape
         K = init.kernel.astype(dt, copy=True)
@@ -90,11 +94,12 @@ class Backend(BaseBackend):
                     xb *= scale
                     xb *= m[s:t]
                 loss, n_right, gz = _loss_and_grad(head, xb @ K + b, y[idx], T[idx],
-                                                   None if W is None else W[idx])
+                                                   None if W is None else W[idx], gamma=gamma)
                 losses.append(loss)
                 correct.append(n_right)
                 opt.step([xb.T @ gz, gz.sum(axis=0)])
-            vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, Tv, None, grad=False)
+            Wv = plan.focal_weights(head, data.y_val) if gamma is not None else None
+            vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, Tv, Wv, grad=False, gamma=gamma)
             val_loss.append(vl)
             val_acc.append(vr / len(data.y_val))
             if callback is not None:
@@ -111,26 +116,59 @@ def reference_for(backend) -> Backend:
     return Backend(epsilon_convention=getattr(backend, "epsilon_convention", "torch"))
 
 
+def _focal_and_grad(head: str, z: np.ndarray, y: np.ndarray, gamma: float):
+    """Per-sample focal loss -(1 - p_t)^gamma log p_t and its gradient w.r.t. the logits.
+
+    With u the logit margin of the true class (p_t = sigmoid(u); u = +-z for the
+    sigmoid head, z_y - z_other for the softmax head):
+    dL/du = (1 - p_t)^gamma (gamma p_t log p_t - (1 - p_t)).
+    """
+    s = np.where(y == 1, 1.0, -1.0)
+    u = s * z[:, 0] if head != SOFTMAX else (z[:, 1] - z[:, 0]) * s
+    log_pt = -np.logaddexp(0, -u)
+    pt = np.exp(log_pt)
+    q = -np.expm1(log_pt)  # 1 - p_t, accurate near p_t = 1
+    per = -(q ** gamma) * log_pt
+    du = (q ** gamma) * (gamma * pt * log_pt - q)
+    if head == SOFTMAX:  # u = s (z1 - z0)
+        g = np.stack([-s * du, s * du], axis=1)
+    else:
+        g = (s * du)[:, None]
+    return per, g
+
+
 def _loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, w: np.ndarray | None,
-                   grad: bool = True):
+                   grad: bool = True, gamma: float | None = None):
     """(mean loss, number correct, dL/dz) for logits ``z`` of one batch.
 
     ``t``: p(y=1) targets (label-smoothed), ``w``: per-sample weights or None;
-    the loss is sum(w_i L_i) / B (Keras's sum_over_batch_size).
+    the loss is sum(w_i L_i) / B (Keras's sum_over_batch_size).  ``gamma``:
+    focal loss instead of cross-entropy (``t`` is then the hard label).
     """
     B = z.shape[0]
+    if gamma is not None:
+        per, g = _focal_and_grad(head, z, y, gamma)
+        right = int(np.sum(np.argmax(z, axis=1) == y)) if head == SOFTMAX else int(np.sum((z[:, 0] > 0) == (y == 1)))
+        if w is not None:
+            per, g = per * w, g * w[:, None]
+        return float(np.mean(per)), right, ((g / B).astype(z.dtype, copy=False) if grad else None)
     if head == SOFTMAX:
-        zmax = z.max(axis=1, keepdims=True)
-        lse = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
-        per = lse - (t * z[:, 1] + (1 - t) * z[:, 0])
-        right = int(np.sum(np.argmax(z, axis=1) == y))
-        g = np.exp(z - lse[:, None]) if grad else None
+        # log-softmax without cancellation: log p_c = (z_c - zmax) - log1p(sum of the other e^(z - zmax))
+        top = np.argmax(z, axis=1)
+        e = np.exp(z - z[np.arange(B), top][:, None])
+        e_rest = e.copy()
+        e_rest[np.arange(B), top] = 0.0
+        log_norm = np.log1p(e_rest.sum(axis=1))
+        logp = (z - z[np.arange(B), top][:, None]) - log_norm[:, None]
+        per = -(t * logp[:, 1] + (1 - t) * logp[:, 0])
+        right = int(np.sum(top == y))
+        g = np.exp(logp) if grad else None
         if grad:
             g[:, 0] -= 1 - t
             g[:, 1] -= t
     else:
         zz = z[:, 0]
-        per = np.logaddexp(0, zz) - t * zz
+        per = np.maximum(zz, 0) - t * zz + np.log1p(np.exp(-np.abs(zz)))  # stable BCE on logits
         right = int(np.sum((zz > 0) == (y == 1)))
         g = (sigmoid(zz) - t)[:, None] if grad else None
     if w is not None:

@@ -118,9 +118,9 @@ class Backend(BaseBackend):
         n, d = X.shape
         # targets: class indices (+ label_smoothing=) for F.cross_entropy; smoothed floats for BCE
         yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train), device=dev).to(dt)
-        sw = plan.sample_weights(data.y_train)
+        sw = plan.sample_weights(data.y_train)  # class weights (focal alpha is inside the focal loss)
         sw = None if sw is None else torch.as_tensor(sw, device=dev).to(dt)
-        loss_fn = _loss_fn(head, plan.label_smoothing)
+        loss_fn = _loss_fn(head, plan)
         layer = self._linear(init, dev, dt)
         opt = self._optimizer(plan, layer.parameters())
         bounds = plan.batch_bounds(n)
@@ -178,8 +178,11 @@ class Backend(BaseBackend):
         return float(loss), int(right) / len(yv)
 
 
-def _loss_fn(head: str, label_smoothing: float):
+def _loss_fn(head: str, plan: Plan):
     """The batch loss as a PyTorch user writes it; per-sample weights give sum(w l) / B."""
+    label_smoothing = plan.label_smoothing
+    if plan.loss == "focal":
+        return _focal_fn(head, plan.focal_gamma, plan.focal_alpha)
     if head == SOFTMAX:
         def loss(z, y, w):
             if w is None:
@@ -188,4 +191,27 @@ def _loss_fn(head: str, label_smoothing: float):
     else:
         def loss(z, t, w):  # t: already smoothed p(y=1) targets
             return F.binary_cross_entropy_with_logits(z[:, 0], t, weight=w)  # weight: w_i l_i, mean over B
+    return loss
+
+
+def _focal_fn(head: str, gamma: float, alpha: float | None):
+    """Focal losses written in torch: torchvision's ``sigmoid_focal_loss`` for the sigmoid head,
+    Keras's categorical focal definition (alpha on every class) on log_softmax for the softmax head."""
+    if head == SOFTMAX:
+        def loss(z, y, w):
+            logp_t = F.log_softmax(z, dim=1).gather(1, y[:, None])[:, 0]
+            per = -((1 - logp_t.exp()) ** gamma) * logp_t
+            if alpha is not None:
+                per = alpha * per
+            return (per if w is None else per * w).mean()
+    else:
+        def loss(z, t, w):  # torchvision.ops.sigmoid_focal_loss, reduction="mean"
+            x = z[:, 0]
+            p = torch.sigmoid(x)
+            ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+            p_t = p * t + (1 - p) * (1 - t)
+            per = ce * ((1 - p_t) ** gamma)
+            if alpha is not None:
+                per = (alpha * t + (1 - alpha) * (1 - t)) * per
+            return (per if w is None else per * w).mean()
     return loss
