@@ -76,9 +76,10 @@ def pytest_generate_tests(metafunc):
 def pytest_collection_modifyitems(config, items):
     """Markers become skips here, each naming the flag or extra responsible.
 
-    Each backend's tests also form one ``xdist_group``, so ``pytest -n N --dist
-    loadgroup`` keeps a framework's tests on one worker and TensorFlow is not
-    imported by every worker.
+    Each backend's tests in one test module also form one ``xdist_group``, so
+    ``pytest -n N --dist loadgroup`` keeps a framework's tests on as few workers
+    as there are modules using it (never TensorFlow in a worker that runs no
+    keras test), while the slow keras tests still spread over more than one.
     """
     sel = _selection(config)
     gpu_asked = any(d.split(":")[0] in ("cuda", "mps") for d in sel.devices) and sel.explicit_devices
@@ -87,10 +88,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a GPU: run with --device=cuda (or EQUIVTEST_DEVICE=cuda)"))
         m = item.get_closest_marker("needs_backends")
         callspec = getattr(item, "callspec", None)
+        module = item.nodeid.split("::")[0]
         if callspec is not None and "backend" in callspec.params:
-            item.add_marker(pytest.mark.xdist_group(callspec.params["backend"]))
+            item.add_marker(pytest.mark.xdist_group(f"{callspec.params['backend']}:{module}"))
         elif m:
-            item.add_marker(pytest.mark.xdist_group("keras" if "keras" in m.args else m.args[-1]))
+            item.add_marker(pytest.mark.xdist_group(f"{'keras' if 'keras' in m.args else m.args[-1]}:{module}"))
         if m:
             absent = [n for n in m.args if n not in sel.backends]
             missing = [sel.missing[n] for n in m.args if n in sel.missing]
