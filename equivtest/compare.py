@@ -92,6 +92,44 @@ def compare_series(a, b, *, name: str = "values", unit: str = "index", atol: flo
 
 
 @dataclass
+class Divergence:
+    """Where two runs split: the first step past tolerance and the parameters that differ most there.
+
+    Parameters are compared after that step's update, in sigmoid coordinates
+    (beta = w1 - w0, c = b1 - b0 for a softmax head), so any two heads compare.
+    """
+
+    step: int
+    loss_a: float
+    loss_b: float
+    top: list[tuple[str, float, float]]  # (parameter, value in a, value in b), largest |diff| first
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{n} {va:.6g} vs {vb:.6g} (diff {va - vb:.3g})" for n, va, vb in self.top)
+        return f"split at step {self.step}; parameters differing most after it: {parts}"
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "loss_a": self.loss_a, "loss_b": self.loss_b,
+                "top": [{"parameter": n, "a": va, "b": vb} for n, va, vb in self.top]}
+
+
+def locate_divergence(a: Trajectory, b: Trajectory, *, atol: float, top: int = 5) -> Divergence | None:
+    """The first step where |d step loss| > atol and, if both runs kept a history, the top parameters."""
+    gap = np.abs(a.step_loss - b.step_loss)
+    bad = ~(gap <= atol)
+    if not bad.any():
+        return None
+    k = int(np.argmax(bad))
+    rows: list[tuple[str, float, float]] = []
+    if a.history is not None and b.history is not None and a.history.shape == b.history.shape:
+        ha, hb = a.history[k], b.history[k]
+        d = len(ha) - 1
+        for j in np.argsort(-np.abs(ha - hb), kind="stable")[:top]:
+            rows.append((f"beta[{j}]" if j < d else "c", float(ha[j]), float(hb[j])))
+    return Divergence(k, float(a.step_loss[k]), float(b.step_loss[k]), rows)
+
+
+@dataclass
 class TrajectoryComparison:
     """Per-field comparisons of trajectories ``a`` and ``b`` (labels name the pair)."""
 
@@ -99,6 +137,7 @@ class TrajectoryComparison:
     b_label: str
     fields: dict[str, Comparison] = field(default_factory=dict)
     step_gap: np.ndarray | None = None
+    divergence: Divergence | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,7 +153,10 @@ class TrajectoryComparison:
 
     def describe(self) -> str:
         head = f"{self.a_label} vs {self.b_label}: " + ("agree" if self.ok else "SPLIT")
-        return "\n".join([head] + ["  " + c.describe() for c in self.fields.values()])
+        lines = [head] + ["  " + c.describe() for c in self.fields.values()]
+        if self.divergence is not None and self.divergence.top:
+            lines.append("  " + self.divergence.describe())
+        return "\n".join(lines)
 
 
 def compare_trajectories(a: Trajectory, b: Trajectory, *, atol: float | None = None, rtol: float | None = None,
@@ -134,6 +176,7 @@ def compare_trajectories(a: Trajectory, b: Trajectory, *, atol: float | None = N
                                           **tol)
     if a.step_loss.shape == b.step_loss.shape:
         out.step_gap = np.abs(a.step_loss - b.step_loss)
+        out.divergence = locate_divergence(a, b, atol=tol["atol"])
     return out
 
 

@@ -47,6 +47,7 @@ class Check:
     tolerance: float
     op: str
     detail: str = ""
+    divergence: dict | None = None  # where two runs split (first step, parameters differing most)
 
     @property
     def passed(self) -> bool:
@@ -57,8 +58,11 @@ class Check:
         return bool(self.value == self.tolerance)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "backend": self.backend, "value": self.value, "tolerance": self.tolerance,
-                "op": self.op, "passed": self.passed, "detail": self.detail}
+        d = {"name": self.name, "backend": self.backend, "value": self.value, "tolerance": self.tolerance,
+             "op": self.op, "passed": self.passed, "detail": self.detail}
+        if self.divergence is not None:
+            d["divergence"] = self.divergence
+        return d
 
 
 @dataclass
@@ -162,7 +166,8 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
                 if on_run:
                     on_run(be.name, name)
                 cb = (lambda e, logs, _b=be.name, _n=name: on_epoch(_b, _n, e, logs)) if on_epoch else None
-                br.runs[name] = be.train(head, init, p, dataset, device=dev, callback=cb)
+                br.runs[name] = be.train(head, init, p, dataset, device=dev, callback=cb,
+                                         record_history=name != "sigmoid_random")
     except KeyboardInterrupt:
         res.interrupted = True
     res.checks = compute_checks(res, dataset)
@@ -201,9 +206,10 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
             gap = c.fields["step_loss"].max_abs
             vgap = c.fields["val_loss"].max_abs
             if res.masks == "shared":
+                split = c.divergence.describe() if c.divergence is not None else "no split"
                 checks.append(Check("trajectory_gap_step_loss", name, gap, tol, "<=",
-                                    f"softmax @ lr vs converted sigmoid @ 2 lr, every step; first split: "
-                                    f"{c.first_split() if c.first_split() is not None else 'none'}"))
+                                    f"softmax @ lr vs converted sigmoid @ {res.lr_factor:g} lr, every step; {split}",
+                                    divergence=None if c.divergence is None else c.divergence.to_dict()))
                 checks.append(Check("trajectory_gap_val_loss", name, vgap, tol, "<=", "per epoch"))
             if rand is not None:
                 rgap = compare_trajectories(soft, rand).fields["val_loss"].max_abs

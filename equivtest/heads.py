@@ -116,6 +116,13 @@ def sigmoid_to_softmax(w: Weights, split: str = "zero") -> Weights:
     return Weights(k.astype(w.kernel.dtype), b)
 
 
+def sigmoid_coordinates(kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(beta, c) as one vector of d + 1: the sigmoid head's own, or w1 - w0, b1 - b0 for a softmax head."""
+    if kernel.shape[1] == 2:
+        return np.concatenate([kernel[:, 1] - kernel[:, 0], [bias[1] - bias[0]]])
+    return np.concatenate([kernel[:, 0], bias[:1]])
+
+
 def to_torch_layout(w: Weights) -> tuple[np.ndarray, np.ndarray]:
     """Canonical (kernel (d, k), bias (k,)) -> ``nn.Linear`` (weight (k, d), bias (k,))."""
     return np.ascontiguousarray(w.kernel.T), w.bias.copy()

@@ -194,8 +194,13 @@ def plot(res: ExperimentResult, out: Path) -> list[Path]:
         if "softmax" in runs and "sigmoid_converted" in runs:
             a, b = runs["softmax"].step_loss, runs["sigmoid_converted"].step_loss
             n = min(len(a), len(b))
-            ax.semilogy(np.arange(1, n + 1), np.maximum(np.abs(a[:n] - b[:n]), 1e-17),
-                        BACKEND_STYLES[i % len(BACKEND_STYLES)], lw=0.8, label=name)
+            line, = ax.semilogy(np.arange(1, n + 1), np.maximum(np.abs(a[:n] - b[:n]), 1e-17),
+                                BACKEND_STYLES[i % len(BACKEND_STYLES)], lw=0.8, label=name)
+            split = next((c.divergence for c in res.checks
+                          if c.name == "trajectory_gap_step_loss" and c.backend == name and c.divergence), None)
+            if split is not None:  # mark where this backend's pair first left the tolerance
+                ax.axvline(split["step"] + 1, color=line.get_color(), lw=0.8, ls=":",
+                           label=f"{name}: first split, step {split['step'] + 1}")
     tol = TOLERANCES[res.plan.dtype]["atol"]
     ax.axhline(tol, color="red", lw=0.8, ls="--", label=f"{res.plan.dtype} tolerance {tol:g}")
     ax.set_title("|step loss softmax - step loss sigmoid (conv)| per training step (1e-17 = exactly equal)")

@@ -31,10 +31,15 @@ class Trajectory:
     val_accuracy: np.ndarray
     weights: Weights
     meta: dict = field(default_factory=dict)
+    #: optional (steps, d + 1): after each step, the parameters in sigmoid coordinates
+    #: (beta = w1 - w0 and c = b1 - b0 for a softmax head), so two heads compare directly
+    history: np.ndarray | None = None
 
     def __post_init__(self):
         for name in ARRAYS:
             setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+        if self.history is not None:
+            self.history = np.asarray(self.history, dtype=np.float64)
 
     @property
     def label(self) -> str:
@@ -50,7 +55,7 @@ class Trajectory:
 
     @classmethod
     def from_steps(cls, step_loss, step_correct, batch_sizes, steps_per_epoch, val_loss, val_accuracy,
-                   weights: Weights, meta: dict) -> Trajectory:
+                   weights: Weights, meta: dict, history=None) -> Trajectory:
         """Build per-epoch figures from per-step ones (one definition for every backend)."""
         step_loss = np.asarray(step_loss, dtype=np.float64)
         bs = np.asarray(batch_sizes, dtype=np.float64)
@@ -61,7 +66,7 @@ class Trajectory:
         cr = correct.reshape(epochs, steps_per_epoch)
         epoch_loss = (sl * bsz).sum(axis=1) / bsz.sum(axis=1)
         epoch_acc = cr.sum(axis=1) / bsz.sum(axis=1)
-        return cls(step_loss, epoch_loss, epoch_acc, val_loss, val_accuracy, weights, meta)
+        return cls(step_loss, epoch_loss, epoch_acc, val_loss, val_accuracy, weights, meta, history)
 
     # -- serialisation -----------------------------------------------------------
     def to_dict(self, weights: bool = True) -> dict:
@@ -81,8 +86,9 @@ class Trajectory:
         if path.suffix == ".json":
             path.write_text(json.dumps(self.to_dict(), indent=1))
         else:
+            extra = {} if self.history is None else {"history": self.history}
             np.savez(path, **{n: getattr(self, n) for n in ARRAYS}, kernel=self.weights.kernel,
-                     bias=self.weights.bias, meta=np.asarray(json.dumps(self.meta)))
+                     bias=self.weights.bias, meta=np.asarray(json.dumps(self.meta)), **extra)
             if path.suffix != ".npz":
                 path = path.with_name(path.name + ".npz")
         return path
@@ -94,4 +100,4 @@ class Trajectory:
             return cls.from_dict(json.loads(path.read_text()))
         with np.load(path, allow_pickle=False) as z:
             return cls(*(z[n] for n in ARRAYS), weights=Weights(z["kernel"], z["bias"]),
-                       meta=json.loads(str(z["meta"])))
+                       meta=json.loads(str(z["meta"])), history=z["history"] if "history" in z else None)

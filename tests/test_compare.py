@@ -54,3 +54,31 @@ def test_tolerances_are_data():
     assert TOLERANCES["float64"]["atol"] == 1e-10
     with pytest.raises(AssertionError, match="mean"):
         assert_allclose([0.0, 1.0], [0.0, 1.1], atol=1e-3)
+
+
+def test_divergence_names_the_step_and_the_parameters_that_differ_most():
+    from equivtest.backends.numpy import Backend
+    from equivtest.data import surrogate
+    from equivtest.heads import softmax_to_sigmoid
+    from equivtest.plan import Plan
+
+    data = surrogate(300, 6, seed=2)
+    plan = Plan(epochs=1, batch_size=50, lr=0.1, dtype="float64")
+    w = plan.initial_weights("softmax", 6)
+    oracle = Backend()
+    soft = oracle.train("softmax", w, plan, data, record_history=True)
+    sig = oracle.train("sigmoid", softmax_to_sigmoid(w), plan, data, record_history=True)  # lr x 1: wrong
+    assert soft.history.shape == (plan.steps_per_epoch(len(data.y_train)), 7)  # 240 rows / 50: 5 steps
+    with pytest.raises(AssertionError) as info:
+        assert_trajectories_close(soft, sig)
+    msg = str(info.value)
+    assert "split at step 1" in msg  # step 0 shares the initial weights, so its loss agrees
+    assert "beta[" in msg
+    from equivtest.compare import locate_divergence
+
+    div = locate_divergence(soft, sig, atol=1e-10)
+    diffs = [abs(a - b) for _, a, b in div.top]
+    assert diffs == sorted(diffs, reverse=True) and diffs[0] > 0
+    j = int(div.top[0][0][5:-1]) if div.top[0][0] != "c" else 6
+    assert diffs[0] == pytest.approx(np.max(np.abs(soft.history[1] - sig.history[1])))
+    assert j in range(7)

@@ -75,7 +75,7 @@ class BaseBackend:
         raise NotImplementedError(f"backend '{self.name}' does not implement predict_proba()")
 
     def train(self, head: str, init: Weights, plan: Plan, data: Dataset, *, device: str = "cpu",
-              masks: str = "plan", callback=None) -> Trajectory:
+              masks: str = "plan", callback=None, record_history: bool = False) -> Trajectory:
         """Train ``head`` from ``init`` under ``plan`` on ``data.X_train``; evaluate on ``X_val``.
 
         ``masks="plan"`` multiplies in the plan's dropout masks (shared by every
@@ -83,6 +83,8 @@ class BaseBackend:
         seeded from ``plan.seed`` and ``plan.mask_stream`` (the seed's setting).
         ``callback(epoch, logs)``, if given, is called after each epoch with
         ``logs = {"loss", "accuracy", "val_loss", "val_accuracy"}``.
+        ``record_history`` keeps the parameters after every step, in sigmoid
+        coordinates (``Trajectory.history``), for locating where two runs split.
         """
         raise NotImplementedError(f"backend '{self.name}' does not implement train()")
 

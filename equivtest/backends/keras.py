@@ -90,10 +90,16 @@ class StepRecorder(keras.metrics.Metric):
     ``reset_state`` (called by ``fit`` at each epoch start) rewinds the counter.
     """
 
-    def __init__(self, head: str, capacity: int, dtype: str, loss: keras.losses.Loss, name: str = "step_recorder"):
+    def __init__(self, head: str, capacity: int, dtype: str, loss: keras.losses.Loss, track=None,
+                 name: str = "step_recorder"):
         super().__init__(name=name, dtype=dtype)
         self.head = head
         self.loss = loss
+        self.track = track  # a Dense layer whose weights (after the step's update) are kept, or None
+        if track is not None:
+            d = track.kernel.shape[0]
+            self.history = self.add_variable(shape=(capacity, d + 1), initializer="zeros", dtype=dtype,
+                                             name="history")
         self.values = self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name="values")
         self.right = self.add_variable(shape=(capacity,), initializer="zeros", dtype="int32", name="right")
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
@@ -107,6 +113,14 @@ class StepRecorder(keras.metrics.Metric):
         i = ops.reshape(self.count, (1,))
         self.values.assign(ops.slice_update(self.values, i, ops.reshape(loss, (1,))))
         self.right.assign(ops.slice_update(self.right, i, ops.reshape(ops.sum(ops.cast(hit, "int32")), (1,))))
+        if self.track is not None:  # metrics run after the optimizer's update in Keras's train_step
+            k, b = self.track.kernel, self.track.bias
+            if self.head == SOFTMAX:
+                row = ops.concatenate([k[:, 1] - k[:, 0], ops.reshape(b[1] - b[0], (1,))])
+            else:
+                row = ops.concatenate([k[:, 0], b])
+            start = ops.pad(ops.reshape(self.count, (1,)), [[0, 1]])  # (step, 0)
+            self.history.assign(ops.slice_update(self.history, start, ops.cast(row[None, :], self.dtype)))
         self.count.assign(self.count + 1)
 
     def result(self):
@@ -211,23 +225,24 @@ class Backend(BaseBackend):
                                             initial_accumulator_value=s.initial_accumulator)
         raise NotImplementedError(f"backend 'keras' has no optimizer {s.name!r}")
 
-    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
+              record_history=False) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         previous = keras.config.floatx()
         keras.config.set_floatx(plan.dtype)  # losses, metrics and the optimizer's lr in the plan's dtype
         try:
             with tf.device(self.tf_device(device)):
-                return self._train(head, init, plan, data, device, masks, callback)
+                return self._train(head, init, plan, data, device, masks, callback, record_history)
         finally:
             keras.config.set_floatx(previous)
 
-    def _train(self, head, init, plan: Plan, data, device, masks, callback) -> Trajectory:
+    def _train(self, head, init, plan: Plan, data, device, masks, callback, record_history=False) -> Trajectory:
         dt = plan.dtype
         n, d = data.X_train.shape
         steps = plan.steps_per_epoch(n)
         use_plan_masks = masks == "plan" and plan.dropout > 0
-        c = self._compiled(head, d, plan, masks, steps)
+        c = self._compiled(head, d, plan, masks, steps, record_history)
         c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
         _reset_optimizer(c.model.optimizer, plan.lr)
         Xt = self._tensor(data.X_train, dt)
@@ -237,6 +252,7 @@ class Backend(BaseBackend):
 
         sizes = batch_sizes(plan, n)
         class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
+        history = []
         losses, correct, val_loss, val_acc = [], [], [], []
         order, keep = self._epoch_buffers(n, d, use_plan_masks)
         for epoch in range(plan.epochs):
@@ -247,6 +263,8 @@ class Backend(BaseBackend):
                         shuffle=False, class_weight=class_weight)
             losses.append(ops.convert_to_numpy(c.recorder.values))
             correct.append(ops.convert_to_numpy(c.recorder.right))
+            if record_history:
+                history.append(ops.convert_to_numpy(c.recorder.history))
             ev = c.evaluator.evaluate(val_ds, verbose=0, return_dict=True)
             val_loss.append(ev["data_loss"])
             val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
@@ -256,16 +274,18 @@ class Backend(BaseBackend):
         return Trajectory.from_steps(
             np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
             Weights(kernel, bias), self._meta(head, plan, data, device, masks),
+            history=np.concatenate(history) if record_history else None,
         )
 
-    def _compiled(self, head: str, d: int, plan: Plan, masks: str, steps: int) -> _Compiled:
+    def _compiled(self, head: str, d: int, plan: Plan, masks: str, steps: int, record_history: bool = False
+                  ) -> _Compiled:
         """A compiled model for this configuration, built once and reused (its tf.functions stay traced).
 
         Runs with the framework's own Dropout are built afresh: their RNG state belongs to the run.
         """
         dt = plan.dtype
         key = (head, d, dt, plan.optimizer, plan.dropout, masks, steps, plan.batch_size, plan.label_smoothing,
-               plan.loss, plan.focal_gamma, plan.focal_alpha,
+               plan.loss, plan.focal_gamma, plan.focal_alpha, record_history,
                tf.config.experimental.tensor_float_32_execution_enabled())
         native = masks == "native" and plan.dropout > 0
         if not native and key in self._cache:
@@ -282,7 +302,7 @@ class Backend(BaseBackend):
         else:
             model = keras.Model(x_in, dense(x_in))
         loss = _loss(head, plan)
-        recorder = StepRecorder(head, steps, dt, loss)
+        recorder = StepRecorder(head, steps, dt, loss, track=dense if record_history else None)
         # a weighted metric: it receives the same sample weights (class_weight) as the loss
         model.compile(optimizer=self._optimizer(plan), loss=loss, weighted_metrics=[recorder],
                       steps_per_execution=steps, jit_compile=False)

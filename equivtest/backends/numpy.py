@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..heads import SOFTMAX, Weights, n_params, sigmoid
+from ..heads import SOFTMAX, Weights, n_params, sigmoid, sigmoid_coordinates
 from ..heads import predict_proba as _predict_proba
 from ..plan import Optimizer, Plan
 from ..trajectory import Trajectory
@@ -59,7 +59,8 @@ class Backend(BaseBackend):
         self.resolve_device(device)
         return _predict_proba(weights.astype(dtype), np.asarray(X, dtype=dtype))
 
-    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
+              record_history=False) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         dt = np.dtype(plan.dtype)
@@ -84,6 +85,7 @@ class Backend(BaseBackend):
 
         losses, correct = [], []
         val_loss, val_acc = [], []
+        history = [] if record_history else None
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
             m = mask_plan.epoch_masks(epoch, n, d)
@@ -98,6 +100,8 @@ class Backend(BaseBackend):
                 losses.append(loss)
                 correct.append(n_right)
                 opt.step([xb.T @ gz, gz.sum(axis=0)])
+                if history is not None:
+                    history.append(sigmoid_coordinates(K, b))
             Wv = plan.focal_weights(head, data.y_val) if gamma is not None else None
             vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, Tv, Wv, grad=False, gamma=gamma)
             val_loss.append(vl)
@@ -108,6 +112,7 @@ class Backend(BaseBackend):
         return Trajectory.from_steps(
             losses, correct, sizes, len(bounds), val_loss, val_acc,
             Weights(K, b), self._meta(head, plan, data, device, masks),
+            history=None if history is None else np.asarray(history),
         )
 
 

@@ -24,6 +24,13 @@ from ._base import BaseBackend, batch_sizes, epoch_logs
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _to_sigmoid_coordinates(flat: np.ndarray, d: int) -> np.ndarray:
+    """(steps, (d + 1) k) rows of [kernel (d, k); bias (k)] -> (steps, d + 1) of (beta, c)."""
+    k = flat.shape[1] // (d + 1)
+    w = flat.reshape(len(flat), d + 1, k)
+    return w[:, :, 1] - w[:, :, 0] if k == 2 else w[:, :, 0]
+
+
 def _correct_per_step(head: str, z, y, sizes) -> np.ndarray:
     """Correct predictions per step from an epoch's concatenated logits and labels in order."""
     hit = (z.argmax(dim=1) == y) if head == SOFTMAX else ((z[:, 0] > 0) == (y == 1))
@@ -108,7 +115,8 @@ class Backend(BaseBackend):
                                        initial_accumulator_value=s.initial_accumulator)
         raise NotImplementedError(f"backend 'torch' has no optimizer {s.name!r}")
 
-    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None) -> Trajectory:
+    def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
+              record_history=False) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         dev = torch.device(device)
@@ -132,6 +140,7 @@ class Backend(BaseBackend):
         yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
         buf = torch.empty((plan.batch_size, d), device=dev, dtype=dt)  # one batch, reused every step
         step_losses, step_logits, val_loss, val_acc = [], [], [], []
+        history = [] if record_history else None
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.seed * 1_000_003 + plan.mask_stream)
             for epoch in range(plan.epochs):
@@ -154,6 +163,9 @@ class Backend(BaseBackend):
                     opt.step()
                     losses.append(loss.detach())
                     logits.append(z.detach())
+                    if history is not None:
+                        history.append(torch.cat([layer.weight.detach().T, layer.bias.detach()[None]]).flatten()
+                                       .clone())
                 # accuracy from the epoch's logits at once (before each update, with dropout, as Keras counts)
                 losses = torch.stack(losses)
                 right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
@@ -168,6 +180,7 @@ class Backend(BaseBackend):
         return Trajectory.from_steps(
             np.concatenate(step_losses), np.concatenate(step_logits), sizes, len(bounds), val_loss, val_acc,
             weights, self._meta(head, plan, data, device, masks),
+            history=None if history is None else _to_sigmoid_coordinates(torch.stack(history).cpu().numpy(), d),
         )
 
     def _evaluate(self, head, layer, loss_fn, Xv, yv, yv_t):
