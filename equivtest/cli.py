@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--features", default="synthetic",
                    help="h5 file(s) in the seed's schema (comma-joined), synthetic[:NxD], breast-cancer, digits "
                         "(default: synthetic, 25000 x 2048)")
-    r.add_argument("--backend", default=None, help="comma list of numpy, torch, keras (default: every installed one)")
+    r.add_argument("--backend", default=None, help="comma list of numpy, torch, keras, keras-torch, keras-jax, or all "
+                        "(default: every installed one of numpy, torch, keras)")
     r.add_argument("--device", default="cpu", help="cpu, cuda[:N], mps or auto (default: cpu)")
     r.add_argument("--epochs", type=_positive_int, default=5, help="default: 5")
     r.add_argument("--batch-size", type=_positive_int, default=128, help="default: 128")

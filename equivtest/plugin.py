@@ -5,7 +5,9 @@ framework; fixtures import their machinery inside the function body.
 
 Options (each with an environment variable that stands in for it):
 
-- ``--backend NAMES`` (``EQUIVTEST_BACKEND``): comma list of numpy, torch, keras.
+- ``--backend NAMES`` (``EQUIVTEST_BACKEND``): comma list of numpy, torch, keras,
+  keras-torch, keras-jax (the last two, Keras 3 on other frameworks in worker
+  processes, run only when named or with ``all``).
 - ``--device NAMES`` (``EQUIVTEST_DEVICE``): cpu, cuda[:N], mps, auto.
 - ``--features SOURCE`` (``EQUIVTEST_FEATURES``): h5 path(s), synthetic[:NxD], breast-cancer, digits.
 """
@@ -21,8 +23,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("equivtest", "softmax/sigmoid equivalence")
     group.addoption(
         "--backend", dest="equivtest_backend", default=None, metavar="NAMES",
-        help="comma list of backends to test: numpy, torch, keras (env EQUIVTEST_BACKEND; "
-             "default: every installed one)",
+        help="comma list of backends to test: numpy, torch, keras, keras-torch, keras-jax, or all "
+             "(env EQUIVTEST_BACKEND; default: every installed one of numpy, torch, keras)",
     )
     group.addoption(
         "--device", dest="equivtest_device", default=None, metavar="NAMES",

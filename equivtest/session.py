@@ -42,7 +42,8 @@ def parse_devices(spec: str | None) -> list[str]:
 
 def framework_version(name: str) -> str:
     """The installed version of a backend's framework, read without importing it."""
-    dists = {"numpy": ["numpy"], "torch": ["torch"], "keras": ["keras", "tensorflow", "tensorflow-cpu"]}[name]
+    dists = {"numpy": ["numpy"], "torch": ["torch"], "keras": ["keras", "tensorflow", "tensorflow-cpu"],
+             "keras-torch": ["keras", "torch"], "keras-jax": ["keras", "jax"]}[name]
     found = []
     for dist in dists:
         try:

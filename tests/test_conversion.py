@@ -43,6 +43,8 @@ def test_negative_control_wrong_conversion_fails(backend, device, dataset):
 
 
 def test_float64_conversion_is_exact_to_1e_12(backend, device, dataset):
+    if not backend.supports_float64:
+        pytest.skip(f"backend '{backend.name}' does not support float64")
     w = spread_weights(dataset.n_features)
     p_soft = backend.predict_proba(w, dataset.X_val, device=device, dtype="float64")
     p_sig = backend.predict_proba(softmax_to_sigmoid(w), dataset.X_val, device=device, dtype="float64")

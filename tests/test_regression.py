@@ -21,6 +21,8 @@ BASELINE_TOL = {"float32": {"atol": 2e-6, "rtol": 0.0}, "float64": {"atol": 1e-1
 def test_baseline(backend, device, head, dtype, request):
     if device != "cpu":
         pytest.skip("baselines are stored for the CPU; GPU runs are compared with the CPU in test_cross_device")
+    if dtype == "float64" and not backend.supports_float64:
+        pytest.skip(f"backend '{backend.name}' does not support float64")
     ndarrays_regression = request.getfixturevalue("ndarrays_regression")  # pytest-regressions (extra 'test')
     plan = Plan(epochs=2, batch_size=32, lr=0.05, optimizer="momentum", dtype=dtype)
     t = backend.train(head, plan.initial_weights(head, DATA.n_features), plan, DATA, device=device)

@@ -44,15 +44,27 @@ REGISTRY: dict[str, BackendInfo] = {
     "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch", ("cpu", "cuda", "mps")),
     "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow",
                          ("cpu", "cuda")),
+    # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them)
+    "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras_isolated", ("keras", "torch"), "keras-torch",
+                               "keras"),
+    "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras_isolated", ("keras", "jax"), "keras-jax",
+                             "keras"),
 }
 NAMES = tuple(REGISTRY)
+#: what "every installed backend" means when none is named; the process-isolated Keras ones are opt-in
+DEFAULT_NAMES = ("numpy", "torch", "keras")
 
 _loaded: dict = {}
 
 
 def parse_names(spec: str | None) -> list[str]:
-    """``"torch,keras"`` -> ``["torch", "keras"]`` in registry order; unknown names fail."""
-    if spec is None or not str(spec).strip() or str(spec).strip() == "all":
+    """``"torch,keras"`` -> ``["torch", "keras"]`` in registry order; unknown names fail.
+
+    Nothing named: numpy, torch, keras; ``"all"``: every registered backend.
+    """
+    if spec is None or not str(spec).strip():
+        return list(DEFAULT_NAMES)
+    if str(spec).strip() == "all":
         return list(NAMES)
     names = [s.strip().lower() for s in str(spec).split(",") if s.strip()]
     unknown = [n for n in names if n not in REGISTRY]
@@ -91,7 +103,7 @@ def get(name: str):
     if bi.framework == "tensorflow" and REGISTRY["torch"].unavailable_reason() is None:
         importlib.import_module("torch")  # torch before tensorflow, always
     mod = importlib.import_module(bi.module)
-    _loaded[name] = mod.Backend()
+    _loaded[name] = mod.Backend(name) if bi.framework == "keras" else mod.Backend()
     return _loaded[name]
 
 

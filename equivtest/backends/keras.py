@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 
 os.environ["KERAS_BACKEND"] = "tensorflow"  # 'keras' means Keras on TensorFlow here
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -51,10 +50,18 @@ with _quiet_native_stderr():
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from ..heads import SOFTMAX, UNITS, Weights  # noqa: E402
+from ..heads import SOFTMAX, Weights  # noqa: E402
 from ..plan import Plan  # noqa: E402
 from ..trajectory import Trajectory  # noqa: E402
 from ._base import BaseBackend, batch_sizes, epoch_logs  # noqa: E402
+from ._keras_common import (  # noqa: E402
+    Compiled,
+    _targets,
+    build,
+    floatx,
+    plain_model,
+    reset_optimizer,
+)
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras imported earlier elsewhere
     raise ImportError(
@@ -64,90 +71,6 @@ if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras imported
 
 
 tf.get_logger().setLevel("ERROR")  # a new model per run retraces by design
-
-
-class PlanDropout(keras.layers.Layer):
-    """Inverted dropout with a mask given as an input: ``x * scale`` where kept, else 0."""
-
-    def __init__(self, scale: float, **kw):
-        super().__init__(**kw)
-        self.scale = float(scale)
-
-    def call(self, x, mask):
-        return ops.where(mask, x * ops.cast(self.scale, x.dtype), ops.zeros_like(x))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
-
-
-class StepRecorder(keras.metrics.Metric):
-    """Stores each training step's mean batch loss and number of correct predictions.
-
-    Keras's own ``loss`` log is a running mean; this keeps the per-step values.
-    ``reset_state`` (called by ``fit`` at each epoch start) rewinds the counter.
-    """
-
-    def __init__(self, head: str, capacity: int, dtype: str, loss: keras.losses.Loss, track=None,
-                 name: str = "step_recorder"):
-        super().__init__(name=name, dtype=dtype)
-        self.head = head
-        self.loss = loss
-        self.track = track  # a Dense layer whose weights (after the step's update) are kept, or None
-        if track is not None:
-            d = track.kernel.shape[0]
-            self.history = self.add_variable(shape=(capacity, d + 1), initializer="zeros", dtype=dtype,
-                                             name="history")
-        self.values = self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name="values")
-        self.right = self.add_variable(shape=(capacity,), initializer="zeros", dtype="int32", name="right")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        loss = self.loss(y_true, y_pred, sample_weight=sample_weight)  # the compiled loss: same value
-        if self.head == SOFTMAX:
-            hit = ops.equal(ops.argmax(y_pred, axis=-1), ops.argmax(y_true, axis=-1))
-        else:
-            hit = ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0] > 0.5, "int32"))
-        i = ops.reshape(self.count, (1,))
-        self.values.assign(ops.slice_update(self.values, i, ops.reshape(loss, (1,))))
-        self.right.assign(ops.slice_update(self.right, i, ops.reshape(ops.sum(ops.cast(hit, "int32")), (1,))))
-        if self.track is not None:  # metrics run after the optimizer's update in Keras's train_step
-            k, b = self.track.kernel, self.track.bias
-            if self.head == SOFTMAX:
-                row = ops.concatenate([k[:, 1] - k[:, 0], ops.reshape(b[1] - b[0], (1,))])
-            else:
-                row = ops.concatenate([k[:, 0], b])
-            start = ops.pad(ops.reshape(self.count, (1,)), [[0, 1]])  # (step, 0)
-            self.history.assign(ops.slice_update(self.history, start, ops.cast(row[None, :], self.dtype)))
-        self.count.assign(self.count + 1)
-
-    def result(self):
-        return ops.cast(self.count, self.dtype)
-
-    def reset_state(self):
-        self.count.assign(0)
-
-
-def _loss(head: str, plan: Plan) -> keras.losses.Loss:
-    """The Keras loss object a user compiles with, for ``plan``'s loss."""
-    label_smoothing = plan.label_smoothing
-    if plan.loss == "focal":
-        a = plan.focal_alpha
-        if head == SOFTMAX:  # alpha multiplies every class
-            return keras.losses.CategoricalFocalCrossentropy(alpha=1.0 if a is None else a, gamma=plan.focal_gamma)
-        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=a is not None,
-                                                    alpha=0.25 if a is None else a, gamma=plan.focal_gamma)
-    if head == SOFTMAX:
-        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-
-
-def _targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
-    if head == SOFTMAX:
-        return np.eye(2, dtype=dtype)[y]
-    return y.astype(dtype)[:, None]
 
 
 class Backend(BaseBackend):
@@ -182,60 +105,24 @@ class Backend(BaseBackend):
         return "/CPU:0" if device == "cpu" else "/GPU:" + device.split(":")[1]
 
     # -- models -------------------------------------------------------------------
-    def _dense(self, head: str, d: int, dtype: str, plan: Plan | None = None) -> keras.layers.Dense:
-        act = "softmax" if head == SOFTMAX else "sigmoid"
-        reg = {}
-        if plan is not None and plan.optimizer.weight_decay and plan.optimizer.decay == "coupled":
-            # coupled decay wd * w in the gradient = an L2 penalty (wd / 2) ||w||^2 on kernel and bias
-            l2 = plan.optimizer.weight_decay / 2
-            reg = {"kernel_regularizer": keras.regularizers.L2(l2), "bias_regularizer": keras.regularizers.L2(l2)}
-        return keras.layers.Dense(UNITS[head], activation=act, dtype=dtype, name=f"{head}_head", **reg)
-
-    def _plain_model(self, head: str, d: int, dtype: str, dense=None) -> keras.Model:
-        x = keras.Input((d,), dtype=dtype, name="features")
-        dense = dense or self._dense(head, d, dtype)
-        return keras.Model(x, dense(x), name=f"{head}_eval")
-
     def count_params(self, head: str, d: int) -> int:
-        return int(self._plain_model(head, int(d), "float32").count_params())
+        return int(plain_model(head, int(d), "float32").count_params())
 
     def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
         device = self.resolve_device(device)
         with tf.device(self.tf_device(device)):
-            model = self._plain_model(weights.head, weights.n_features, dtype)
+            model = plain_model(weights.head, weights.n_features, dtype)
             model.layers[-1].set_weights([weights.kernel.astype(dtype), weights.bias.astype(dtype)])
             p = model.predict(np.asarray(X, dtype=dtype), batch_size=4096, verbose=0)
         return p[:, 1] if weights.head == SOFTMAX else p[:, 0]
 
     # -- training -----------------------------------------------------------------
-    def _optimizer(self, plan: Plan):
-        s = plan.optimizer
-        wd = s.weight_decay if s.weight_decay and s.decay == "decoupled" else None  # coupled: regularizers
-        if s.name == "sgd":
-            return keras.optimizers.SGD(learning_rate=plan.lr, momentum=s.momentum, nesterov=s.nesterov,
-                                        weight_decay=wd)
-        if s.name in ("adam", "adamw"):
-            cls = keras.optimizers.AdamW if s.name == "adamw" else keras.optimizers.Adam
-            kw = {"weight_decay": wd} if wd is not None or s.name == "adam" else {}
-            return cls(learning_rate=plan.lr, beta_1=s.beta_1, beta_2=s.beta_2, epsilon=s.epsilon, **kw)
-        if s.name == "rmsprop":
-            return keras.optimizers.RMSprop(learning_rate=plan.lr, rho=s.rho, epsilon=s.epsilon, weight_decay=wd)
-        if s.name == "adagrad":
-            return keras.optimizers.Adagrad(learning_rate=plan.lr, epsilon=s.epsilon, weight_decay=wd,
-                                            initial_accumulator_value=s.initial_accumulator)
-        raise NotImplementedError(f"backend 'keras' has no optimizer {s.name!r}")
-
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
-        previous = keras.config.floatx()
-        keras.config.set_floatx(plan.dtype)  # losses, metrics and the optimizer's lr in the plan's dtype
-        try:
-            with tf.device(self.tf_device(device)):
-                return self._train(head, init, plan, data, device, masks, callback, record_history)
-        finally:
-            keras.config.set_floatx(previous)
+        with floatx(plan.dtype), tf.device(self.tf_device(device)):
+            return self._train(head, init, plan, data, device, masks, callback, record_history)
 
     def _train(self, head, init, plan: Plan, data, device, masks, callback, record_history=False) -> Trajectory:
         dt = plan.dtype
@@ -244,7 +131,7 @@ class Backend(BaseBackend):
         use_plan_masks = masks == "plan" and plan.dropout > 0
         c = self._compiled(head, d, plan, masks, steps, record_history)
         c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
-        _reset_optimizer(c.model.optimizer, plan.lr)
+        reset_optimizer(c.model.optimizer, plan.lr)
         Xt = self._tensor(data.X_train, dt)
         Yt = self._tensor(data.y_train, dt, head)
         val = self._tensor(data.X_val, dt), self._tensor(data.y_val, dt, head)
@@ -278,7 +165,7 @@ class Backend(BaseBackend):
         )
 
     def _compiled(self, head: str, d: int, plan: Plan, masks: str, steps: int, record_history: bool = False
-                  ) -> _Compiled:
+                  ) -> Compiled:
         """A compiled model for this configuration, built once and reused (its tf.functions stay traced).
 
         Runs with the framework's own Dropout are built afresh: their RNG state belongs to the run.
@@ -291,26 +178,7 @@ class Backend(BaseBackend):
         if not native and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        dense = self._dense(head, d, dt, plan)
-        x_in = keras.Input((d,), dtype=dt, name="features")
-        if masks == "plan" and plan.dropout > 0:
-            m_in = keras.Input((d,), dtype="bool", name="keep_mask")
-            model = keras.Model([x_in, m_in], dense(PlanDropout(plan.mask_scale, dtype=dt)(x_in, m_in)))
-        elif native:
-            drop = keras.layers.Dropout(plan.dropout, seed=plan.seed * 1_000_003 + plan.mask_stream, dtype=dt)
-            model = keras.Model(x_in, dense(drop(x_in)))
-        else:
-            model = keras.Model(x_in, dense(x_in))
-        loss = _loss(head, plan)
-        recorder = StepRecorder(head, steps, dt, loss, track=dense if record_history else None)
-        # a weighted metric: it receives the same sample weights (class_weight) as the loss
-        model.compile(optimizer=self._optimizer(plan), loss=loss, weighted_metrics=[recorder],
-                      steps_per_execution=steps, jit_compile=False)
-        evaluator = self._plain_model(head, d, dt, dense)
-        # val_loss is the data loss: a metric, since evaluate()'s "loss" adds the L2 penalties
-        data_loss = keras.metrics.MeanMetricWrapper(_loss(head, plan), name="data_loss")
-        evaluator.compile(loss=_loss(head, plan), metrics=["accuracy", data_loss], jit_compile=False)
-        c = _Compiled(model, dense, recorder, evaluator)
+        c = build(head, d, plan, masks, steps, record_history, steps_per_execution=steps)
         if not native:
             self._cache[key] = c
             while len(self._cache) > _CACHE_SIZE:
@@ -349,29 +217,8 @@ class Backend(BaseBackend):
         return t
 
 
-@dataclass
-class _Compiled:
-    model: keras.Model
-    dense: keras.layers.Dense
-    recorder: StepRecorder
-    evaluator: keras.Model
-
-
 _CACHE_SIZE = 16
 _TENSOR_CACHE_SIZE = 12
-
-
-def _reset_optimizer(opt, lr: float) -> None:
-    """Fresh optimizer state for a new run on a cached model: step 0, zero slots, the run's lr."""
-    for v in opt.variables:
-        if v is opt.iterations:
-            v.assign(0)
-        elif v is getattr(opt, "_learning_rate", None):
-            v.assign(lr)
-        else:
-            v.assign(ops.zeros(v.shape, dtype=v.dtype))
-    if ops.convert_to_numpy(opt.learning_rate) != np.asarray(lr, dtype=opt.learning_rate.dtype):
-        raise RuntimeError("could not set the optimizer's learning rate on a cached model")
 
 
 def _epoch_dataset(X, Y, order, keep, batch_size: int, steps: int):

@@ -1,0 +1,198 @@
+"""Keras 3 on PyTorch and on JAX (``keras-torch``, ``keras-jax``), each in its own process.
+
+Keras picks its backend once per process (``KERAS_BACKEND``), and this process
+may already hold Keras on TensorFlow, so these backends run a worker process
+(``python -m equivtest.backends.keras_isolated``) with the variable set before
+Keras is imported, talking over a socket pair.  The worker trains with Keras's own ``Model.fit`` on NumPy
+inputs (rows in the plan's order, the plan's masks as a second input): the
+portable path, with the pieces in ``_keras_common``.  CPU only for now.
+
+Requests and results (datasets, plans, weights, trajectories) travel pickled
+through a pipe; an epoch ``callback`` is called after the run, epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from ..heads import Weights
+from ._base import BaseBackend
+
+KERAS_BACKENDS = {"keras-torch": "torch", "keras-jax": "jax"}
+
+
+class Backend(BaseBackend):
+    """A proxy: every call runs in the worker process for ``keras_backend``."""
+
+    framework = "keras"
+    #: Keras on torch/JAX fed NumPy float64 inputs trains at float32 precision here (losses differ
+    #: by 6e-8 between heads), so float64 is not claimed
+    supports_float64 = False
+    epsilon_convention = "keras"
+
+    def __init__(self, name: str = "keras-torch"):
+        self.name = name
+        self.keras_backend = KERAS_BACKENDS[name]
+        self._conn = None
+        self._proc = None
+        self._info = None
+
+    # -- the worker ---------------------------------------------------------------
+    def _call(self, *request):
+        if self._proc is None or self._proc.poll() is not None:
+            parent, child = socket.socketpair()
+            env = {**os.environ, "KERAS_BACKEND": self.keras_backend}
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "equivtest.backends.keras_isolated", str(child.fileno())],
+                pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+            )
+            child.close()
+            self._conn = Connection(parent.detach())
+            atexit.register(self.close)
+        try:
+            self._conn.send(request)
+            ok, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"backend '{self.name}': its worker process stopped ({exc})") from None
+        if not ok:
+            kind, message = value
+            raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError}.get(kind, RuntimeError)(
+                f"backend '{self.name}': {message}")
+        return value
+
+    def close(self):
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                self._conn.send(None)
+                self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+        self._proc = None
+
+    # -- the interface ------------------------------------------------------------
+    def version(self) -> str:
+        if self._info is None:
+            self._info = self._call("info")
+        return self._info["version"]
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def count_params(self, head: str, d: int) -> int:
+        return self._call("count_params", head, int(d))
+
+    def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
+        self.resolve_device(device)
+        return self._call("predict_proba", weights, np.asarray(X), dtype)
+
+    def train(self, head, init, plan, data, *, device="cpu", masks="plan", callback=None, record_history=False):
+        self._check_train_args(head, init, plan, data, masks)
+        device = self.resolve_device(device)
+        traj = self._call("train", head, init, plan, _portable_data(data), masks, record_history)
+        traj.meta.update(self._meta(head, plan, data, device, masks))
+        if callback is not None:
+            for e in range(traj.epochs):
+                callback(e, {"loss": float(traj.epoch_loss[e]), "accuracy": float(traj.epoch_accuracy[e]),
+                             "val_loss": float(traj.val_loss[e]), "val_accuracy": float(traj.val_accuracy[e])})
+        return traj
+
+
+def _portable_data(data):
+    """Only what training needs crosses the pipe (the split is computed here, once)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(X_train=data.X_train, y_train=data.y_train, X_val=data.X_val, y_val=data.y_val,
+                           source=data.source)
+
+
+# ------------------------------------------------------------------------------ worker side
+def _serve(conn) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    worker = _Worker()
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        try:
+            conn.send((True, getattr(worker, request[0])(*request[1:])))
+        except Exception as exc:  # sent back and raised in the caller
+            conn.send((False, (type(exc).__name__, str(exc))))
+
+
+class _Worker:
+    def __init__(self):
+        import keras
+
+        self.keras = keras
+
+    def info(self) -> dict:
+        import importlib
+
+        k = self.keras
+        lib = importlib.import_module(k.backend.backend())
+        return {"version": f"keras {k.__version__} / {k.backend.backend()} {lib.__version__}"}
+
+    def count_params(self, head: str, d: int) -> int:
+        from ._keras_common import plain_model
+
+        return int(plain_model(head, d, "float32").count_params())
+
+    def predict_proba(self, weights: Weights, X: np.ndarray, dtype: str) -> np.ndarray:
+        from ._keras_common import floatx, plain_model
+
+        with floatx(dtype):
+            model = plain_model(weights.head, weights.n_features, dtype)
+            model.layers[-1].set_weights([weights.kernel.astype(dtype), weights.bias.astype(dtype)])
+            p = model.predict(np.asarray(X, dtype=dtype), batch_size=4096, verbose=0)
+        return p[:, 1] if weights.head == "softmax" else p[:, 0]
+
+    def train(self, head, init, plan, data, masks, record_history):
+        from ..trajectory import Trajectory
+        from ._base import batch_sizes
+        from ._keras_common import _targets, build, floatx, reset_optimizer
+
+        ops = self.keras.ops
+        dt = plan.dtype
+        X, y = data.X_train.astype(dt, copy=False), data.y_train
+        n, d = X.shape
+        steps = plan.steps_per_epoch(n)
+        use_plan_masks = masks == "plan" and plan.dropout > 0
+        with floatx(dt):
+            c = build(head, d, plan, masks, steps, record_history)
+            c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
+            reset_optimizer(c.model.optimizer, plan.lr)
+            Y = _targets(head, y, dt)
+            Xv, Yv = data.X_val.astype(dt, copy=False), _targets(head, data.y_val, dt)
+            class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
+            losses, correct, history, val_loss, val_acc = [], [], [], [], []
+            for epoch in range(plan.epochs):
+                order = plan.batch_order(epoch, n)
+                inputs = [X[order], plan.epoch_masks(epoch, n, d)] if use_plan_masks else X[order]
+                c.model.fit(inputs, Y[order], batch_size=plan.batch_size, epochs=1, shuffle=False, verbose=0,
+                            class_weight=class_weight)
+                losses.append(ops.convert_to_numpy(c.recorder.values))
+                correct.append(ops.convert_to_numpy(c.recorder.right))
+                if record_history:
+                    history.append(ops.convert_to_numpy(c.recorder.history))
+                ev = c.evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0, return_dict=True)
+                val_loss.append(ev["data_loss"])
+                val_acc.append(ev["accuracy"])
+            kernel, bias = (ops.convert_to_numpy(v) for v in c.dense.weights)
+        return Trajectory.from_steps(
+            np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps, val_loss, val_acc,
+            Weights(kernel, bias), {}, history=np.concatenate(history) if record_history else None,
+        )
+
+
+if __name__ == "__main__":  # the worker: python -m equivtest.backends.keras_isolated FD
+    _serve(Connection(int(sys.argv[1])))
