@@ -14,6 +14,13 @@ from equivtest.plan import Optimizer
 from equivtest.rules import sigmoid_plan
 
 TOL = TOLERANCES["float32"]
+DTYPES = pytest.mark.parametrize("dtype", ["float32", "float64"])
+
+
+def _dtype(backend, plan, dtype):
+    if dtype == "float64" and not backend.supports_float64:
+        pytest.skip(f"backend '{backend.name}' does not support float64")
+    return plan.replace(dtype=dtype)
 
 
 def pair(backend, device, dataset, plan, softmax_init=None, sig_plan=None):
@@ -27,9 +34,11 @@ def pair(backend, device, dataset, plan, softmax_init=None, sig_plan=None):
 
 
 @pytest.mark.parametrize("optimizer, lr", [("rmsprop", 1e-3), ("adagrad", 1e-2), ("adamw", 1e-3)])
-def test_adaptive_optimizers_lr_x2(backend, device, dataset, plan, optimizer, lr):
+@DTYPES
+def test_adaptive_optimizers_lr_x2(backend, device, dataset, plan, optimizer, lr, dtype):
+    plan = _dtype(backend, plan, dtype)
     p = plan.replace(optimizer=optimizer, lr=lr)
-    assert_trajectories_close(*pair(backend, device, dataset, p), **TOL)
+    assert_trajectories_close(*pair(backend, device, dataset, p), **TOLERANCES[p.dtype])
 
 
 @pytest.mark.parametrize("optimizer, lr", [("rmsprop", 1e-3), ("adagrad", 1e-2), ("adamw", 1e-3)])
@@ -49,10 +58,12 @@ DECOUPLED = {
 
 
 @pytest.mark.parametrize("case", list(COUPLED) + list(DECOUPLED))
-def test_weight_decay_lr_x2_decay_half(backend, device, dataset, plan, case):
+@DTYPES
+def test_weight_decay_lr_x2_decay_half(backend, device, dataset, plan, case, dtype):
+    plan = _dtype(backend, plan, dtype)
     opt, lr = {**COUPLED, **DECOUPLED}[case]
     p = plan.replace(optimizer=opt, lr=lr)
-    assert_trajectories_close(*pair(backend, device, dataset, p), **TOL)
+    assert_trajectories_close(*pair(backend, device, dataset, p), **TOLERANCES[p.dtype])
 
 
 @pytest.mark.parametrize("case", list(COUPLED) + list(DECOUPLED))
@@ -63,11 +74,13 @@ def test_weight_decay_breaks_without_halving(backend, device, dataset, plan, cas
     assert_trajectories_differ(*pair(backend, device, dataset, p, sig_plan=wrong), factor=10, **TOL)
 
 
-def test_adam_coupled_l2_holds_from_a_zero_null_space_component(backend, device, dataset, plan):
+@DTYPES
+def test_adam_coupled_l2_holds_from_a_zero_null_space_component(backend, device, dataset, plan, dtype):
+    plan = _dtype(backend, plan, dtype)
     p = plan.replace(optimizer=Optimizer("adam", weight_decay=0.05), lr=1e-3)
     w = sigmoid_to_softmax(softmax_to_sigmoid(p.initial_weights("softmax", dataset.n_features)), "symmetric")
     np.testing.assert_array_equal(w.kernel[:, 0] + w.kernel[:, 1], 0)
-    assert_trajectories_close(*pair(backend, device, dataset, p, softmax_init=w), **TOL)
+    assert_trajectories_close(*pair(backend, device, dataset, p, softmax_init=w), **TOLERANCES[p.dtype])
 
 
 def test_adam_coupled_l2_breaks_from_a_glorot_init(backend, device, dataset, plan):
@@ -77,9 +90,11 @@ def test_adam_coupled_l2_breaks_from_a_glorot_init(backend, device, dataset, pla
 
 
 @pytest.mark.parametrize("smoothing", [0.1, 0.3])
-def test_label_smoothing_same_epsilon(backend, device, dataset, plan, smoothing):
+@DTYPES
+def test_label_smoothing_same_epsilon(backend, device, dataset, plan, smoothing, dtype):
+    plan = _dtype(backend, plan, dtype)
     p = plan.replace(label_smoothing=smoothing)
-    assert_trajectories_close(*pair(backend, device, dataset, p), **TOL)
+    assert_trajectories_close(*pair(backend, device, dataset, p), **TOLERANCES[p.dtype])
 
 
 def test_label_smoothing_breaks_with_another_epsilon(backend, device, dataset, plan):
@@ -88,10 +103,12 @@ def test_label_smoothing_breaks_with_another_epsilon(backend, device, dataset, p
     assert_trajectories_differ(*pair(backend, device, dataset, p, sig_plan=wrong), **TOL)
 
 
-def test_class_weights_same_weights(backend, device, dataset, plan):
+@DTYPES
+def test_class_weights_same_weights(backend, device, dataset, plan, dtype):
+    plan = _dtype(backend, plan, dtype)
     p = plan.replace(class_weight=(1.0, 3.0))
     soft, sig = pair(backend, device, dataset, p)
-    assert_trajectories_close(soft, sig, **TOL)
+    assert_trajectories_close(soft, sig, **TOLERANCES[p.dtype])
     unweighted = backend.train("softmax", p.initial_weights("softmax", dataset.n_features),
                                p.replace(class_weight=None), dataset, device=device)
     assert_trajectories_differ(soft, unweighted, **TOL)  # the weights were applied
