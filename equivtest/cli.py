@@ -164,7 +164,7 @@ def cmd_run(args) -> int:
     from .experiment import run_experiment
     from .report import markdown, plot, text, write_json
 
-    prog = Progress(len(names) * 3 * plan.epochs, sys.stderr if not args.json else sys.stderr, args.quiet)
+    prog = Progress(len(names) * 3 * plan.epochs, sys.stderr, args.quiet)  # stdout stays for the table / JSON
     res = run_experiment(
         dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
         on_run=prog.run, on_epoch=lambda b, r, e, logs: prog.epoch(b, r, e, logs, plan.epochs),

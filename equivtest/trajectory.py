@@ -22,6 +22,14 @@ from .heads import Weights
 ARRAYS = ("step_loss", "epoch_loss", "epoch_accuracy", "val_loss", "val_accuracy")
 
 
+def epoch_figures(step_loss, step_correct, batch_sizes, steps_per_epoch: int):
+    """(epoch_loss, epoch_accuracy): batch losses weighted by batch size (as Keras reports), correct / seen."""
+    sl = np.asarray(step_loss, dtype=np.float64).reshape(-1, steps_per_epoch)
+    bs = np.asarray(batch_sizes, dtype=np.float64).reshape(-1, steps_per_epoch)
+    cr = np.asarray(step_correct, dtype=np.float64).reshape(-1, steps_per_epoch)
+    return (sl * bs).sum(axis=1) / bs.sum(axis=1), cr.sum(axis=1) / bs.sum(axis=1)
+
+
 @dataclass(eq=False)
 class Trajectory:
     step_loss: np.ndarray
@@ -57,16 +65,13 @@ class Trajectory:
     def from_steps(cls, step_loss, step_correct, batch_sizes, steps_per_epoch, val_loss, val_accuracy,
                    weights: Weights, meta: dict, history=None) -> Trajectory:
         """Build per-epoch figures from per-step ones (one definition for every backend)."""
-        step_loss = np.asarray(step_loss, dtype=np.float64)
-        bs = np.asarray(batch_sizes, dtype=np.float64)
-        correct = np.asarray(step_correct, dtype=np.float64)
-        epochs = len(step_loss) // steps_per_epoch
-        sl = step_loss.reshape(epochs, steps_per_epoch)
-        bsz = bs.reshape(epochs, steps_per_epoch)
-        cr = correct.reshape(epochs, steps_per_epoch)
-        epoch_loss = (sl * bsz).sum(axis=1) / bsz.sum(axis=1)
-        epoch_acc = cr.sum(axis=1) / bsz.sum(axis=1)
+        epoch_loss, epoch_acc = epoch_figures(step_loss, step_correct, batch_sizes, steps_per_epoch)
         return cls(step_loss, epoch_loss, epoch_acc, val_loss, val_accuracy, weights, meta, history)
+
+    def logs(self, epoch: int) -> dict:
+        """One epoch's Keras-style figures, as an epoch callback receives them."""
+        return {"loss": float(self.epoch_loss[epoch]), "accuracy": float(self.epoch_accuracy[epoch]),
+                "val_loss": float(self.val_loss[epoch]), "val_accuracy": float(self.val_accuracy[epoch])}
 
     # -- serialisation -----------------------------------------------------------
     def to_dict(self, weights: bool = True) -> dict:

@@ -13,7 +13,7 @@ from ..data import Dataset
 from ..errors import InputError
 from ..heads import UNITS, Weights, check_head
 from ..plan import Plan
-from ..trajectory import Trajectory
+from ..trajectory import Trajectory, epoch_figures
 
 MASK_MODES = ("plan", "native")
 
@@ -111,13 +111,9 @@ class BaseBackend:
 
 def epoch_logs(losses, correct, sizes, val_loss, val_accuracy) -> dict:
     """One epoch's Keras-style figures from its steps' losses, correct counts and batch sizes."""
-    sizes = np.asarray(sizes, dtype=np.float64)
-    return {
-        "loss": float(np.dot(np.asarray(losses, dtype=np.float64), sizes) / sizes.sum()),
-        "accuracy": float(np.sum(correct) / sizes.sum()),
-        "val_loss": float(val_loss),
-        "val_accuracy": float(val_accuracy),
-    }
+    loss, acc = epoch_figures(losses, correct, sizes, len(sizes))
+    return {"loss": float(loss[0]), "accuracy": float(acc[0]), "val_loss": float(val_loss),
+            "val_accuracy": float(val_accuracy)}
 
 
 def batch_sizes(plan: Plan, n: int) -> np.ndarray:

@@ -99,8 +99,7 @@ class Backend(BaseBackend):
         traj.meta.update(self._meta(head, plan, data, device, masks))
         if callback is not None:
             for e in range(traj.epochs):
-                callback(e, {"loss": float(traj.epoch_loss[e]), "accuracy": float(traj.epoch_accuracy[e]),
-                             "val_loss": float(traj.val_loss[e]), "val_accuracy": float(traj.val_accuracy[e])})
+                callback(e, traj.logs(e))
         return traj
 
 
