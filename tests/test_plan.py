@@ -82,3 +82,49 @@ def test_initial_weights_are_glorot_and_reproducible():
     np.testing.assert_array_equal(p.initial_weights("softmax", 2048).kernel, w.kernel)
     assert not np.array_equal(p.initial_weights("sigmoid", 2048, stream=1).kernel,
                               p.initial_weights("sigmoid", 2048).kernel)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.3])
+@pytest.mark.parametrize("d", [64, 13, 1])
+def test_masks_unpacked_in_pieces_equal_the_whole_epoch(rate, d):
+    """Row ranges of ``masks_for`` (fresh or into ``out``) are the epoch's rows; d = 13 splits bytes."""
+    p = Plan(dropout=rate, epochs=2, seed=5)
+    whole = p.epoch_masks(1, 301, d)
+    drawn = p.masks_for(1, 301, d)
+    pieces, into = [], []
+    for s in range(0, 301, 37):
+        t = min(s + 37, 301)
+        pieces.append(drawn.rows(s, t))
+        out = np.empty((t - s, d), bool)
+        assert drawn.rows(s, t, out=out) is out
+        into.append(out)
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    np.testing.assert_array_equal(np.concatenate(into), whole)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [64, 13])
+def test_scaled_masks_multiply_bit_for_bit_like_scale_then_mask(rate, dtype, d):
+    """x * scaled_rows == (x * scale) * keep in every bit, signed zeros included."""
+    p = Plan(dropout=rate, seed=2)
+    x = np.random.default_rng(0).standard_normal((200, d)).astype(dtype)
+    keep = p.epoch_masks(0, 200, d)
+    expected = (x * dtype(p.mask_scale)) * keep
+    drawn = p.masks_for(0, 200, d)
+    out = np.empty((50, d), dtype)
+    for s in range(0, 200, 50):
+        got = x[s:s + 50] * drawn.scaled_rows(s, s + 50, p.mask_scale, out)
+        assert got.tobytes() == expected[s:s + 50].tobytes()
+    assert set(np.unique(out)) == {0, dtype(p.mask_scale)}
+
+
+def test_mask_rows_reject_bad_ranges_and_outputs():
+    drawn = Plan().masks_for(0, 10, 8)
+    with pytest.raises(IndexError, match="rows 5..11"):
+        drawn.rows(5, 11)
+    with pytest.raises(ValueError, match="shape"):
+        drawn.rows(0, 2, out=np.empty((3, 8), bool))
+    with pytest.raises(ValueError, match="float"):
+        drawn.scaled_rows(0, 2, 2.0, np.empty((2, 8), np.int32))
+    assert Plan(dropout=0.0).masks_for(0, 10, 8) is None

@@ -161,15 +161,20 @@ class Compiled:
 
 
 def build(head: str, d: int, plan: Plan, masks: str, steps: int, record_history: bool = False,
-          steps_per_execution: int = 1) -> Compiled:
-    """The training model (plan masks as a second input, or Keras's Dropout), its recorder and evaluator."""
+          steps_per_execution: int = 1, masks_in_model: bool = True) -> Compiled:
+    """The training model, its recorder and evaluator.
+
+    The plan's masks are a second model input (``PlanDropout``), or, with
+    ``masks_in_model=False``, applied by the caller's input pipeline to the
+    features the model receives; ``masks="native"`` uses Keras's Dropout.
+    """
     dt = plan.dtype
     dense = dense_layer(head, d, dt, plan)
     x_in = keras.Input((d,), dtype=dt, name="features")
-    if masks == "plan" and plan.dropout > 0:
+    if masks == "plan" and plan.dropout > 0 and masks_in_model:
         m_in = keras.Input((d,), dtype="bool", name="keep_mask")
         model = keras.Model([x_in, m_in], dense(PlanDropout(plan.mask_scale, dtype=dt)(x_in, m_in)))
-    elif plan.dropout > 0:
+    elif masks == "native" and plan.dropout > 0:
         seed = (plan.seed * 1_000_003 + plan.mask_stream) % (2**31 - 1)  # int32 for every Keras backend
         drop = keras.layers.Dropout(plan.dropout, seed=seed, dtype=dt)
         model = keras.Model(x_in, dense(drop(x_in)))

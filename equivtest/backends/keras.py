@@ -2,9 +2,10 @@
 
 ``Dense(2, activation="softmax")`` with ``categorical_crossentropy`` and
 ``Dense(1, activation="sigmoid")`` with ``binary_crossentropy``; Keras optimizers.
-The plan's dropout masks are a second model input multiplied in before the Dense
-layer (``PlanDropout``), so Keras sees the same masks as every other backend;
-``masks="native"`` uses ``keras.layers.Dropout`` with a seed instead.  Each epoch
+The plan's dropout masks are applied by the input pipeline (``x * keep * scale``
+for each batch, see ``_epoch_dataset``), so Keras trains on the same masked rows
+as every other backend; ``masks="native"`` uses ``keras.layers.Dropout`` with a
+seed instead.  Each epoch
 is one ``fit`` call over the rows in the plan's order with ``shuffle=False``;
 a metric (``StepRecorder``) stores each step's batch loss and correct count, from
 the same forward pass the loss used.  Devices ``/CPU:0`` and ``/GPU:N`` (named
@@ -84,6 +85,7 @@ class Backend(BaseBackend):
         self._cache: OrderedDict = OrderedDict()
         self._tensors: OrderedDict = OrderedDict()
         self._buffers: dict = {}
+        self._datasets: OrderedDict = OrderedDict()
         self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
 
     def version(self) -> str:
@@ -135,19 +137,19 @@ class Backend(BaseBackend):
         Xt = self._tensor(data.X_train, dt)
         Yt = self._tensor(data.y_train, dt, head)
         val = self._tensor(data.X_val, dt), self._tensor(data.y_val, dt, head)
-        val_ds = tf.data.Dataset.from_tensors(val)
+        val_ds = self._cached(("val", *map(id, val)), lambda: tf.data.Dataset.from_tensors(val))
 
         sizes = batch_sizes(plan, n)
         class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
         history = []
         losses, correct, val_loss, val_acc = [], [], [], []
         order, keep = self._epoch_buffers(n, d, use_plan_masks)
+        epoch_data = self._epoch_dataset(Xt, Yt, order, keep, plan.mask_scale, plan.batch_size, steps)
         for epoch in range(plan.epochs):
             order.assign(plan.batch_order(epoch, n))
             if keep is not None:
                 keep.assign(plan.epoch_masks(epoch, n, d))
-            c.model.fit(_epoch_dataset(Xt, Yt, order, keep, plan.batch_size, steps), epochs=1, verbose=0,
-                        shuffle=False, class_weight=class_weight)
+            c.model.fit(epoch_data, epochs=1, verbose=0, shuffle=False, class_weight=class_weight)
             losses.append(ops.convert_to_numpy(c.recorder.values))
             correct.append(ops.convert_to_numpy(c.recorder.right))
             if record_history:
@@ -178,7 +180,7 @@ class Backend(BaseBackend):
         if not native and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        c = build(head, d, plan, masks, steps, record_history, steps_per_execution=steps)
+        c = build(head, d, plan, masks, steps, record_history, steps_per_execution=steps, masks_in_model=False)
         if not native:
             self._cache[key] = c
             while len(self._cache) > _CACHE_SIZE:
@@ -194,6 +196,23 @@ class Backend(BaseBackend):
                 keep = tf.Variable(tf.zeros((n, d), dtype=tf.bool), trainable=False) if with_masks else None
             self._buffers = {key: (order, keep)}  # one shape at a time: masks are n*d bytes
         return self._buffers[key]
+
+    def _epoch_dataset(self, X, Y, order, keep, scale: float, batch_size: int, steps: int):
+        """``_epoch_dataset``, built (traced) once per set of variables: each epoch assigns new
+        values to ``order`` and ``keep`` and iterates it afresh."""
+        key = ("epoch", id(X), id(Y), id(order), id(keep), scale, batch_size, steps)
+        return self._cached(key, lambda: _epoch_dataset(X, Y, order, keep, scale, batch_size, steps))
+
+    def _cached(self, key, make):
+        """A tf.data pipeline kept with the variables it reads (the key holds their ids; they are
+        alive in the other caches while used, and a rebuilt variable gets a new entry)."""
+        hit = self._datasets.get(key)
+        if hit is None:
+            hit = self._datasets[key] = make()
+            while len(self._datasets) > _DATASET_CACHE_SIZE:
+                self._datasets.popitem(last=False)
+        self._datasets.move_to_end(key)
+        return hit
 
     def _tensor(self, array: np.ndarray, dtype: str, head: str | None = None):
         """``array`` (features, or labels as targets for ``head``) as a host tf.Variable, kept for reuse.
@@ -219,10 +238,17 @@ class Backend(BaseBackend):
 
 _CACHE_SIZE = 16
 _TENSOR_CACHE_SIZE = 12
+_DATASET_CACHE_SIZE = 4  # each holds its variables alive
 
 
-def _epoch_dataset(X, Y, order, keep, batch_size: int, steps: int):
-    """The epoch's batches in the plan's order (and with its masks), gathered by tf.data."""
+def _epoch_dataset(X, Y, order, keep, scale: float, batch_size: int, steps: int):
+    """The epoch's batches in the plan's order, with its masks applied, gathered by tf.data.
+
+    A batch is ``(x * keep) * scale``, bit for bit ``(x * scale) * keep``: the
+    plan's inverted dropout, done here so the model is the head alone and the
+    training thread runs no elementwise pass over the batch.  tf.data runs on a
+    private pool of one thread, beside the training step rather than in its way.
+    """
     n = int(order.shape[0])
 
     def batch(s):
@@ -230,7 +256,10 @@ def _epoch_dataset(X, Y, order, keep, batch_size: int, steps: int):
         stop = tf.minimum(start + batch_size, n)
         idx = order[start:stop]
         x = tf.gather(X, idx)
-        inputs = (x, keep[start:stop]) if keep is not None else x
-        return inputs, tf.gather(Y, idx)
+        if keep is not None:
+            x = x * tf.cast(keep[start:stop], x.dtype) * tf.cast(scale, x.dtype)
+        return x, tf.gather(Y, idx)
 
-    return tf.data.Dataset.range(steps).map(batch).prefetch(2)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    return tf.data.Dataset.range(steps).map(batch).prefetch(2).with_options(options)

@@ -9,7 +9,11 @@ layer; ``masks="native"`` uses ``nn.Dropout`` with a generator forked from
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+import queue
+import threading
 
 import numpy as np
 import torch
@@ -36,6 +40,130 @@ def _correct_per_step(head: str, z, y, sizes) -> np.ndarray:
     hit = (z.argmax(dim=1) == y) if head == SOFTMAX else ((z[:, 0] > 0) == (y == 1))
     per_step = torch.split(hit, [int(s) for s in sizes])
     return torch.stack([h.sum() for h in per_step]).cpu().numpy()
+
+
+@contextlib.contextmanager
+def _threads_per_worker(workers: int):
+    """Share torch's intra-op threads among ``workers`` Python threads for the block.
+
+    With a gathering thread beside the training thread each gets half, so two
+    threads on a 2-core machine do not fight over the cores (the thread count is
+    restored on exit; the same plan gives the same count, hence the same bits).
+    """
+    before = torch.get_num_threads()
+    share = max(1, before // workers)
+    if share != before:
+        torch.set_num_threads(share)
+    try:
+        yield
+    finally:
+        if share != before:
+            torch.set_num_threads(before)
+
+
+_DONE = object()
+
+
+def _prefetched(prepare, steps: int, buffers: list):
+    """Yield ``prepare(i, buffer)`` for i in range(steps), computed on a worker thread ahead of use.
+
+    The worker fills ``buffers`` in turn and keeps at most one finished item
+    queued, so with three buffers the one being trained on is never written:
+    item i + 3 reuses item i's buffer only after the consumer asked for i + 1.
+    torch and NumPy release the GIL while they copy, so the gather and mask of
+    the next step overlap the current step's forward, backward and update.  An
+    exception in the worker is raised in the consumer; leaving the loop early
+    stops the worker.
+    """
+    if len(buffers) < 3:
+        raise ValueError("prefetching needs three buffers")
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for i in range(steps):
+                if stop.is_set():
+                    return
+                ready.put((prepare(i, buffers[i % len(buffers)]), None))
+            ready.put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer
+            ready.put((_DONE, exc))
+
+    worker = threading.Thread(target=work, name="equivtest-torch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = ready.get()
+            if exc is not None:
+                raise exc
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a pending put, then wait for the worker to see ``stop``
+            with contextlib.suppress(queue.Empty):
+                ready.get_nowait()
+            worker.join(0.01)
+
+
+class _StepInputs:
+    """Each step's input rows, ``x * scale`` where the plan keeps a unit and 0 elsewhere.
+
+    Rows are gathered into buffers reused for the whole run.  On a GPU the
+    epoch's masks go to the device at once and the steps run in order.  On a
+    CPU a worker thread gathers and masks the next steps while the current one
+    trains (``_prefetched``), ``_CHUNK`` steps at a time, and the masks are
+    unpacked step by step as ``scale`` or 0 into a scratch array of the
+    features' dtype: one same-dtype multiply (a uint8 or bool operand would be
+    cast into a temporary per step), no memory allocated per step (memory freed
+    by a worker thread goes back to the system and faults in again), and an
+    epoch never holds more than its packed random bits.
+    """
+
+    _CHUNK = 2
+
+    def __init__(self, X, plan: Plan, bounds, plan_masks: bool):
+        self.X, self.plan, self.bounds, self.plan_masks = X, plan, bounds, plan_masks
+        self.scale = plan.mask_scale
+        self.pipelined = X.device.type == "cpu"
+        per = self._CHUNK if self.pipelined else 1
+        self.chunks = [(i, min(i + per, len(bounds))) for i in range(0, len(bounds), per)]
+        rows, d = per * plan.batch_size, X.shape[1]
+        self.buffers = [torch.empty((rows, d), device=X.device, dtype=X.dtype)
+                        for _ in range(3 if self.pipelined else 1)]
+        if self.pipelined and plan_masks and plan.dropout > 0:  # the gathering thread's scratch
+            self.keep = torch.empty((rows, d), dtype=X.dtype)
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int, order):
+        """The epoch's step inputs in order (an iterator), valid inside the block."""
+        n, d = self.X.shape
+        drawn = self.plan.masks_for(epoch, n, d) if self.plan_masks else None
+        on_device = None
+        if drawn is not None and not self.pipelined:  # one upload of the epoch's 0/1 bytes
+            on_device = torch.as_tensor(drawn.rows(0, n).view(np.uint8), device=self.X.device)
+
+        def prepare(chunk, buf):
+            first, stop = self.chunks[chunk]
+            s, t = self.bounds[first][0], self.bounds[stop - 1][1]
+            xb = torch.index_select(self.X, 0, order[s:t], out=buf[: t - s])
+            if on_device is not None:
+                xb.mul_(self.scale).mul_(on_device[s:t])  # on a GPU uint8 is cast on the fly
+            elif drawn is not None:  # scale where kept, else 0: equal to x * scale * keep bit for bit
+                xb.mul_(torch.from_numpy(drawn.scaled_rows(s, t, self.scale, out=self.keep[: t - s].numpy())))
+            return xb.split([b - a for a, b in self.bounds[first:stop]])
+
+        if self.pipelined:
+            chunks = _prefetched(prepare, len(self.chunks), self.buffers)
+            try:
+                with _threads_per_worker(2):
+                    yield itertools.chain.from_iterable(chunks)
+            finally:
+                chunks.close()  # stops the worker when the loop was left early
+        else:
+            yield itertools.chain.from_iterable(prepare(c, self.buffers[0]) for c in range(len(self.chunks)))
 
 
 class Backend(BaseBackend):
@@ -132,40 +260,36 @@ class Backend(BaseBackend):
         layer = self._linear(init, dev, dt)
         opt = self._optimizer(plan, layer.parameters())
         bounds = plan.batch_bounds(n)
-        scale = plan.mask_scale
         dropout = nn.Dropout(plan.dropout) if masks == "native" and plan.dropout > 0 else None
         sizes = batch_sizes(plan, n)
         Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
         yv = torch.as_tensor(data.y_val, device=dev)
         yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
-        buf = torch.empty((plan.batch_size, d), device=dev, dtype=dt)  # one batch, reused every step
+        inputs = _StepInputs(X, plan, bounds, masks == "plan")
+        step_rows = [t - s for s, t in bounds]
         step_losses, step_logits, val_loss, val_acc = [], [], [], []
         history = [] if record_history else None
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.seed * 1_000_003 + plan.mask_stream)
             for epoch in range(plan.epochs):
                 order = torch.as_tensor(plan.batch_order(epoch, n), device=dev)
-                m = plan.epoch_masks(epoch, n, d) if masks == "plan" else None
-                if m is not None:  # 0/1 bytes: multiplying by uint8 is cheaper than by bool
-                    m = torch.as_tensor(m.view(np.uint8), device=dev)
+                y_steps = yt.index_select(0, order).split(step_rows)
+                w_steps = [None] * len(bounds) if sw is None else sw.index_select(0, order).split(step_rows)
                 losses, logits = [], []
-                for s, t in bounds:
-                    idx = order[s:t]
-                    xb = torch.index_select(X, 0, idx, out=buf[: t - s])
-                    if m is not None:
-                        xb.mul_(scale).mul_(m[s:t])  # x * scale where kept, else 0
-                    elif dropout is not None:
-                        xb = dropout(xb)
-                    z = layer(xb)
-                    loss = loss_fn(z, yt[idx], None if sw is None else sw[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    losses.append(loss.detach())
-                    logits.append(z.detach())
-                    if history is not None:
-                        history.append(torch.cat([layer.weight.detach().T, layer.bias.detach()[None]]).flatten()
-                                       .clone())
+                with inputs.epoch(epoch, order) as x_steps:
+                    for xb, yb, wb in zip(x_steps, y_steps, w_steps):
+                        if dropout is not None:
+                            xb = dropout(xb)
+                        z = layer(xb)
+                        loss = loss_fn(z, yb, wb)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        losses.append(loss.detach())
+                        logits.append(z.detach())
+                        if history is not None:
+                            history.append(torch.cat([layer.weight.detach().T, layer.bias.detach()[None]])
+                                           .flatten().clone())
                 # accuracy from the epoch's logits at once (before each update, with dropout, as Keras counts)
                 losses = torch.stack(losses)
                 right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])

@@ -1,0 +1,96 @@
+"""The torch backend's CPU input pipeline: a worker thread gathers and masks the next steps.
+
+Speed must not cost exactness: the rows a step trains on are exactly
+``X[order][s:t] * scale * keep``, the worker's buffers are never written while
+in use, its errors reach the caller, and leaving early stops it.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from equivtest.plan import Plan
+
+pytestmark = pytest.mark.needs_backends("torch")
+
+
+@pytest.fixture(scope="module")
+def tb():
+    from equivtest.backends import torch as tb
+
+    return tb
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dropout", [0.5, 0.3, 0.0])
+def test_step_inputs_are_the_plans_masked_rows_bit_for_bit(tb, dtype, dropout):
+    import torch
+
+    plan = Plan(batch_size=32, dropout=dropout, dtype=dtype, epochs=2, seed=4)
+    n, d = 250, 24  # a last partial batch and a partial chunk
+    X = torch.as_tensor(np.random.default_rng(1).standard_normal((n, d))).to(getattr(torch, dtype))
+    bounds = plan.batch_bounds(n)
+    inputs = tb._StepInputs(X, plan, bounds, plan_masks=True)
+    assert inputs.pipelined
+    for epoch in range(plan.epochs):
+        order = plan.batch_order(epoch, n)
+        expected = X.numpy()[order]
+        if dropout:
+            expected = (expected * expected.dtype.type(plan.mask_scale)) * plan.epoch_masks(epoch, n, d)
+        with inputs.epoch(epoch, torch.as_tensor(order)) as steps:
+            got = [xb.numpy().copy() for xb in steps]
+        assert [len(x) for x in got] == [t - s for s, t in bounds]
+        assert np.concatenate(got).tobytes() == expected.tobytes()
+
+
+def test_prefetched_yields_in_order_and_never_writes_a_buffer_in_use(tb):
+    buffers = [np.zeros(1) for _ in range(3)]
+
+    def prepare(i, buf):
+        buf[0] = i
+        return buf
+
+    seen = []
+    for item in tb._prefetched(prepare, 40, buffers):
+        value = item[0]
+        time.sleep(0.002)  # the worker runs ahead as far as it may
+        assert item[0] == value  # ... and has not reused this buffer
+        seen.append(int(value))
+    assert seen == list(range(40))
+
+
+def test_prefetched_raises_the_workers_error_in_the_caller(tb):
+    def prepare(i, buf):
+        if i == 3:
+            raise ValueError("row 3 is bad")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="row 3 is bad"):
+        for item in tb._prefetched(prepare, 10, [None] * 3):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+
+def test_leaving_the_loop_early_stops_the_worker(tb):
+    before = threading.active_count()
+    items = tb._prefetched(lambda i, buf: i, 10_000, [None] * 3)
+    assert next(items) == 0
+    items.close()
+    assert threading.active_count() == before
+    with pytest.raises(ValueError, match="three buffers"):
+        next(tb._prefetched(lambda i, buf: i, 5, [None] * 2))
+
+
+def test_thread_count_is_shared_while_pipelined_and_restored_after(tb):
+    import torch
+
+    before = torch.get_num_threads()
+    with tb._threads_per_worker(2):
+        assert torch.get_num_threads() == max(1, before // 2)
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), tb._threads_per_worker(2):
+        raise RuntimeError
+    assert torch.get_num_threads() == before
