@@ -26,7 +26,8 @@ class PlanDropout(keras.layers.Layer):
         self.scale = float(scale)
 
     def call(self, x, mask):
-        return ops.where(mask, x * ops.cast(self.scale, x.dtype), ops.zeros_like(x))
+        scale = ops.convert_to_tensor(self.scale, dtype=x.dtype)  # ops.cast would round via float32
+        return ops.where(mask, x * scale, ops.zeros_like(x))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -257,7 +257,7 @@ def _epoch_dataset(X, Y, order, keep, scale: float, batch_size: int, steps: int)
         idx = order[start:stop]
         x = tf.gather(X, idx)
         if keep is not None:
-            x = x * tf.cast(keep[start:stop], x.dtype) * tf.cast(scale, x.dtype)
+            x = x * tf.cast(keep[start:stop], x.dtype) * tf.constant(scale, x.dtype)  # cast() would round via float32
         return x, tf.gather(Y, idx)
 
     options = tf.data.Options()
