@@ -23,17 +23,18 @@ def tb():
     return tb
 
 
+@pytest.mark.parametrize("pipelined", [True, False], ids=["worker-thread", "in-order"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("dropout", [0.5, 0.3, 0.0])
-def test_step_inputs_are_the_plans_masked_rows_bit_for_bit(tb, dtype, dropout):
+def test_step_inputs_are_the_plans_masked_rows_bit_for_bit(tb, dtype, dropout, pipelined):
+    """Both forms: the CPU's worker thread, and the in-order steps a GPU runs (here on the CPU)."""
     import torch
 
     plan = Plan(batch_size=32, dropout=dropout, dtype=dtype, epochs=2, seed=4)
     n, d = 250, 24  # a last partial batch and a partial chunk
     X = torch.as_tensor(np.random.default_rng(1).standard_normal((n, d))).to(getattr(torch, dtype))
     bounds = plan.batch_bounds(n)
-    inputs = tb._StepInputs(X, plan, bounds, plan_masks=True)
-    assert inputs.pipelined
+    inputs = tb._StepInputs(X, plan, bounds, plan_masks=True, pipelined=pipelined)
     for epoch in range(plan.epochs):
         order = plan.batch_order(epoch, n)
         expected = X.numpy()[order]

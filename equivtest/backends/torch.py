@@ -124,10 +124,10 @@ class _StepInputs:
 
     _CHUNK = 2
 
-    def __init__(self, X, plan: Plan, bounds, plan_masks: bool):
+    def __init__(self, X, plan: Plan, bounds, plan_masks: bool, pipelined: bool | None = None):
         self.X, self.plan, self.bounds, self.plan_masks = X, plan, bounds, plan_masks
         self.scale = plan.mask_scale
-        self.pipelined = X.device.type == "cpu"
+        self.pipelined = X.device.type == "cpu" if pipelined is None else pipelined
         per = self._CHUNK if self.pipelined else 1
         self.chunks = [(i, min(i + per, len(bounds))) for i in range(0, len(bounds), per)]
         rows, d = per * plan.batch_size, X.shape[1]
