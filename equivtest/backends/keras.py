@@ -113,7 +113,13 @@ class Backend(BaseBackend):
     def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
         device = self.resolve_device(device)
         with tf.device(self.tf_device(device)):
-            model = plain_model(weights.head, weights.n_features, dtype)
+            key = ("predict", weights.head, weights.n_features, dtype, device)
+            model = self._cache.get(key)
+            if model is None:  # built once: a new model would trace its predict function again
+                model = self._cache[key] = plain_model(weights.head, weights.n_features, dtype)
+                while len(self._cache) > _CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(key)
             model.layers[-1].set_weights([weights.kernel.astype(dtype), weights.bias.astype(dtype)])
             p = model.predict(np.asarray(X, dtype=dtype), batch_size=4096, verbose=0)
         return p[:, 1] if weights.head == SOFTMAX else p[:, 0]

@@ -3,8 +3,9 @@
 Devices ``cpu``, ``cuda[:N]``, ``mps`` where present; float32 and float64.  TF32
 is off for CUDA matmuls unless :meth:`Backend.set_tf32` (or ``EQUIVTEST_TF32=1``)
 turns it on.  The plan's masks enter as ``x * scale * mask`` before the Linear
-layer; ``masks="native"`` uses ``nn.Dropout`` with a generator forked from
-``plan.seed`` instead.
+layer (``_StepInputs``: on a CPU a worker thread gathers and masks the next
+steps while the current one trains); ``masks="native"`` uses ``nn.Dropout`` with
+a generator forked from ``plan.seed`` instead.
 """
 
 from __future__ import annotations

@@ -94,3 +94,30 @@ def test_plan_generation(benchmark):
     tracemalloc.stop()
     benchmark.extra_info["peak_mib"] = round(peak / 2**20, 1)
     _throughput(benchmark, 5 * n)
+
+
+def test_plan_generation_streamed(benchmark):
+    """The same masks as the torch backend draws them: packed bits per epoch, unpacked batch by batch."""
+    plan = Plan()
+    n, d = 20000, 2048
+    bounds = plan.batch_bounds(n)
+    scratch = np.empty((plan.batch_size, d), bool)
+
+    def draw():
+        kept = 0
+        for e in range(plan.epochs):
+            plan.batch_order(e, n)
+            drawn = plan.masks_for(e, n, d)
+            for s, t in bounds:
+                kept += int(np.count_nonzero(drawn.rows(s, t, out=scratch[: t - s])))
+        return kept
+
+    benchmark.group = "plan"
+    kept = benchmark.pedantic(draw, rounds=5, iterations=1, warmup_rounds=1)
+    assert abs(kept / (5 * n * d) - 0.5) < 1e-3
+    tracemalloc.start()
+    draw()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    benchmark.extra_info["peak_mib"] = round(peak / 2**20, 1)
+    _throughput(benchmark, 5 * n)
