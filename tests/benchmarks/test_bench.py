@@ -73,50 +73,31 @@ def test_conversion_and_prediction(benchmark, backend, device, seed_data):
     _throughput(benchmark, 2 * seed_data.shape[0])
 
 
-def test_plan_generation(benchmark):
-    """Batch orders and dropout masks for 5 seed-scale epochs, one epoch in memory at a time."""
-    plan = Plan()
-    n, d = 20000, 2048
-
-    def draw():
-        kept = 0
-        for e in range(plan.epochs):
-            plan.batch_order(e, n)
-            kept += int(np.count_nonzero(plan.epoch_masks(e, n, d)))
-        return kept
-
-    benchmark.group = "plan"
-    kept = benchmark.pedantic(draw, rounds=5, iterations=1, warmup_rounds=1)
-    assert abs(kept / (5 * n * d) - 0.5) < 1e-3
-    tracemalloc.start()
-    draw()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    benchmark.extra_info["peak_mib"] = round(peak / 2**20, 1)
-    _throughput(benchmark, 5 * n)
-
-
-def test_plan_generation_streamed(benchmark):
-    """The same masks as the torch backend draws them: packed bits per epoch, unpacked batch by batch."""
-    plan = Plan()
-    n, d = 20000, 2048
-    bounds = plan.batch_bounds(n)
+def _kept_units(plan, n: int, d: int, form: str) -> int:
+    """Draw 5 epochs' orders and masks; count the kept units (one epoch's draw alive at a time)."""
+    kept = 0
     scratch = np.empty((plan.batch_size, d), bool)
-
-    def draw():
-        kept = 0
-        for e in range(plan.epochs):
-            plan.batch_order(e, n)
+    for e in range(plan.epochs):
+        plan.batch_order(e, n)
+        if form == "whole-epochs":
+            kept += int(np.count_nonzero(plan.epoch_masks(e, n, d)))
+        else:  # as the torch backend draws them: packed bits per epoch, unpacked batch by batch
             drawn = plan.masks_for(e, n, d)
-            for s, t in bounds:
+            for s, t in plan.batch_bounds(n):
                 kept += int(np.count_nonzero(drawn.rows(s, t, out=scratch[: t - s])))
-        return kept
+    return kept
 
+
+@pytest.mark.parametrize("form", ["whole-epochs", "batch-by-batch"])
+def test_plan_generation(benchmark, form):
+    """Batch orders and dropout masks for 5 seed-scale epochs, with peak memory."""
+    plan = Plan()
+    n, d = 20000, 2048
     benchmark.group = "plan"
-    kept = benchmark.pedantic(draw, rounds=5, iterations=1, warmup_rounds=1)
+    kept = benchmark.pedantic(_kept_units, args=(plan, n, d, form), rounds=5, iterations=1, warmup_rounds=1)
     assert abs(kept / (5 * n * d) - 0.5) < 1e-3
     tracemalloc.start()
-    draw()
+    _kept_units(plan, n, d, form)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     benchmark.extra_info["peak_mib"] = round(peak / 2**20, 1)
