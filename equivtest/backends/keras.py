@@ -82,10 +82,10 @@ class Backend(BaseBackend):
     epsilon_convention = "keras"
 
     def __init__(self):
-        self._cache: OrderedDict = OrderedDict()
-        self._tensors: OrderedDict = OrderedDict()
+        self._cache = _LRU(16)  # compiled models: their tf.functions stay traced
+        self._tensors = _LRU(12)  # host variables of the runs' arrays
         self._buffers: dict = {}
-        self._datasets: OrderedDict = OrderedDict()
+        self._datasets = _LRU(4)  # tf.data pipelines: each holds the variables it reads alive
         self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
 
     def version(self) -> str:
@@ -114,12 +114,8 @@ class Backend(BaseBackend):
         device = self.resolve_device(device)
         with tf.device(self.tf_device(device)):
             key = ("predict", weights.head, weights.n_features, dtype, device)
-            model = self._cache.get(key)
-            if model is None:  # built once: a new model would trace its predict function again
-                model = self._cache[key] = plain_model(weights.head, weights.n_features, dtype)
-                while len(self._cache) > _CACHE_SIZE:
-                    self._cache.popitem(last=False)
-            self._cache.move_to_end(key)
+            # built once: a new model would trace its predict function again
+            model = self._cache.get_or_make(key, lambda: plain_model(weights.head, weights.n_features, dtype))
             model.layers[-1].set_weights([weights.kernel.astype(dtype), weights.bias.astype(dtype)])
             p = model.predict(np.asarray(X, dtype=dtype), batch_size=4096, verbose=0)
         return p[:, 1] if weights.head == SOFTMAX else p[:, 0]
@@ -143,7 +139,7 @@ class Backend(BaseBackend):
         Xt = self._tensor(data.X_train, dt)
         Yt = self._tensor(data.y_train, dt, head)
         val = self._tensor(data.X_val, dt), self._tensor(data.y_val, dt, head)
-        val_ds = self._cached(("val", *map(id, val)), lambda: tf.data.Dataset.from_tensors(val))
+        val_ds = self._datasets.get_or_make(("val", *map(id, val)), lambda: tf.data.Dataset.from_tensors(val))
 
         sizes = batch_sizes(plan, n)
         class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
@@ -182,16 +178,13 @@ class Backend(BaseBackend):
         key = (head, d, dt, plan.optimizer, plan.dropout, masks, steps, plan.batch_size, plan.label_smoothing,
                plan.loss, plan.focal_gamma, plan.focal_alpha, record_history,
                tf.config.experimental.tensor_float_32_execution_enabled())
-        native = masks == "native" and plan.dropout > 0
-        if not native and key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        c = build(head, d, plan, masks, steps, record_history, steps_per_execution=steps, masks_in_model=False)
-        if not native:
-            self._cache[key] = c
-            while len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return c
+
+        def make():
+            return build(head, d, plan, masks, steps, record_history, steps_per_execution=steps, masks_in_model=False)
+
+        if masks == "native" and plan.dropout > 0:
+            return make()
+        return self._cache.get_or_make(key, make)
 
     def _epoch_buffers(self, n: int, d: int, with_masks: bool):
         """Host variables for an epoch's order and masks, reused (assigned) every epoch."""
@@ -205,20 +198,10 @@ class Backend(BaseBackend):
 
     def _epoch_dataset(self, X, Y, order, keep, scale: float, batch_size: int, steps: int):
         """``_epoch_dataset``, built (traced) once per set of variables: each epoch assigns new
-        values to ``order`` and ``keep`` and iterates it afresh."""
+        values to ``order`` and ``keep`` and iterates it afresh.  Keyed by the variables' ids,
+        which cannot be reused while the cached pipeline holds the variables."""
         key = ("epoch", id(X), id(Y), id(order), id(keep), scale, batch_size, steps)
-        return self._cached(key, lambda: _epoch_dataset(X, Y, order, keep, scale, batch_size, steps))
-
-    def _cached(self, key, make):
-        """A tf.data pipeline kept with the variables it reads (the key holds their ids; they are
-        alive in the other caches while used, and a rebuilt variable gets a new entry)."""
-        hit = self._datasets.get(key)
-        if hit is None:
-            hit = self._datasets[key] = make()
-            while len(self._datasets) > _DATASET_CACHE_SIZE:
-                self._datasets.popitem(last=False)
-        self._datasets.move_to_end(key)
-        return hit
+        return self._datasets.get_or_make(key, lambda: _epoch_dataset(X, Y, order, keep, scale, batch_size, steps))
 
     def _tensor(self, array: np.ndarray, dtype: str, head: str | None = None):
         """``array`` (features, or labels as targets for ``head``) as a host tf.Variable, kept for reuse.
@@ -228,23 +211,29 @@ class Backend(BaseBackend):
         array's identity; the cache holds the array itself so the identity cannot
         be reused while the entry lives.
         """
-        key = (id(array), dtype, head)
-        hit = self._tensors.get(key)
-        if hit is not None and hit[0] is array:
-            self._tensors.move_to_end(key)
-            return hit[1]
-        value = _targets(head, array, dtype) if head else array.astype(dtype, copy=False)
-        with tf.device("/CPU:0"):
-            t = tf.Variable(value, trainable=False)
-        self._tensors[key] = (array, t)
-        while len(self._tensors) > _TENSOR_CACHE_SIZE:
-            self._tensors.popitem(last=False)
-        return t
+        def make():
+            value = _targets(head, array, dtype) if head else array.astype(dtype, copy=False)
+            with tf.device("/CPU:0"):
+                return array, tf.Variable(value, trainable=False)
+
+        return self._tensors.get_or_make((id(array), dtype, head), make)[1]
 
 
-_CACHE_SIZE = 16
-_TENSOR_CACHE_SIZE = 12
-_DATASET_CACHE_SIZE = 4  # each holds its variables alive
+class _LRU:
+    """A small least-recently-used cache."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+
+    def get_or_make(self, key, make):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._items[key] = make()
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
 
 
 def _epoch_dataset(X, Y, order, keep, scale: float, batch_size: int, steps: int):
