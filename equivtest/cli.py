@@ -22,6 +22,67 @@ from .errors import BackendUnavailable, InputError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+#: Testing hook: ``EQUIVTEST_INTERRUPT_AT=<point>`` makes the command send itself SIGINT at that point, so
+#: tests interrupt at a determined moment instead of racing a timer.  Points: ``start`` (before the
+#: frameworks load), ``epoch:K`` (after the K-th epoch of the job, 1-based), ``plot`` (between two plots),
+#: ``write`` (while report.json is being written).
+ENV_INTERRUPT_AT = "EQUIVTEST_INTERRUPT_AT"
+
+
+def checkpoint(point: str) -> None:
+    """Send SIGINT to this process if the testing hook names ``point`` (handled before this returns)."""
+    if os.environ.get(ENV_INTERRUPT_AT) == point:
+        import signal
+
+        signal.raise_signal(signal.SIGINT)  # the Python handler runs inside this call
+
+
+class Interrupts:
+    """SIGINT for one command: a ``KeyboardInterrupt`` anywhere, except inside :meth:`deferred`.
+
+    Inside ``deferred()`` (writing the reports) a SIGINT is only recorded; the
+    files are finished, and the command then exits 130.
+    """
+
+    def __init__(self):
+        self.pending = False
+        self._depth = 0
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def _handler(self, signum, frame):
+        if self._depth:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    def deferred(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def _cm():
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+
+        return _cm()
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
@@ -141,7 +202,7 @@ def _prepare_out(path: str) -> Path:
     return out
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, interrupts: Interrupts | None = None) -> int:
     from .data import load_features
     from .plan import Plan
     from .session import Selection
@@ -161,28 +222,47 @@ def cmd_run(args) -> int:
     for name, reason in sel.missing.items():  # only once the input is known to be good
         print(f"skipping {name}: {reason}", file=sys.stderr)
 
+    from . import atomic
     from .experiment import run_experiment
     from .report import markdown, plot, text, write_json
 
+    interrupts = interrupts or Interrupts()
     prog = Progress(len(names) * 3 * plan.epochs, sys.stderr, args.quiet)  # stdout stays for the table / JSON
+
+    def on_epoch(b, r, e, logs):
+        prog.epoch(b, r, e, logs, plan.epochs)
+        checkpoint(f"epoch:{prog.done}")
+
+    checkpoint("start")
     res = run_experiment(
         dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
-        on_run=prog.run, on_epoch=lambda b, r, e, logs: prog.epoch(b, r, e, logs, plan.epochs),
+        on_run=prog.run, on_epoch=on_epoch,
     )
     prog.close()
     plots = []
-    if not args.no_plots:
+    if not args.no_plots and not res.interrupted:
         try:
-            plots = plot(res, out)
+            plots = plot(res, out, between=lambda: checkpoint("plot"))
         except ImportError:
             print("plots skipped: matplotlib is not installed (pip install 'equivtest[plot]')", file=sys.stderr)
-    report = write_json(res, out / "report.json")
-    (out / "report.md").write_text(markdown(res, plots))
+        except KeyboardInterrupt:  # the plots written so far stay; the report says the run was interrupted
+            res.interrupted = True
+            plots = [p for p in (out / n for n in ("loss_curves.png", "val_loss_diff.png", "step_loss_gap.png"))
+                     if p.exists()]
+    with interrupts.deferred():  # a SIGINT now is recorded; the reports are finished first
+        checkpoint("write")
+        res.interrupted = res.interrupted or interrupts.pending
+        report = write_json(res, out / "report.json")
+        atomic.write_text(out / "report.md", markdown(res, plots))
+    res.interrupted = res.interrupted or interrupts.pending
     print(text(res), file=human)
     print(f"report: {out / 'report.json'}, {out / 'report.md'}" + "".join(f", {p}" for p in plots), file=human)
     if args.json:
         print(json.dumps(report, indent=1, default=float))
     if res.interrupted:
+        finished = sum(len(r.runs) for r in res.results.values())
+        print(f"equivtest: interrupted: {out / 'report.json'} holds the {finished} run(s) that finished",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if res.passed else EXIT_FAIL
 
@@ -249,23 +329,47 @@ def cmd_write_features(args) -> int:
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
+    with Interrupts() as interrupts:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return EXIT_USAGE
+            if args.command == "run":
+                return cmd_run(args, interrupts)
+            return {"compare": cmd_compare, "write-features": cmd_write_features}[args.command](args)
+        except (InputError, BackendUnavailable) as exc:
+            print(f"equivtest: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        return {"run": cmd_run, "compare": cmd_compare, "write-features": cmd_write_features}[args.command](args)
-    except (InputError, BackendUnavailable) as exc:
-        print(f"equivtest: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("equivtest: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # e.g. `equivtest run --json | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAIL
+        except KeyboardInterrupt:
+            print("equivtest: interrupted before any run finished (no report written)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:  # e.g. `equivtest run --json | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAIL
+
+
+def console_main() -> None:
+    """The ``equivtest`` command: :func:`main`, then exit without a late SIGINT turning into a traceback.
+
+    Once ``main`` has returned, SIGINT is ignored; an interrupted run leaves at
+    once (``os._exit``) so that no framework's half-finished state or thread can
+    hold the exit up or print at shutdown.
+    """
+    import signal
+
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if code == EXIT_INTERRUPTED:
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

@@ -11,6 +11,7 @@ holding only 0 and 1 (any integer, bool or float dtype), optional ``test`` (M, D
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class Dataset:
         """(train_idx, val_idx): stratified, seeded, sorted within each part."""
         if self._split is not None:
             return self._split
-        return stratified_split(self.y, self.val_fraction, self.split_seed)
+        return stratified_split(self.y, self.val_fraction, self.split_seed, where=_where(self.source))
 
     @cached_property
     def X_train(self) -> np.ndarray:
@@ -107,18 +108,45 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------- split
-def stratified_split(y: np.ndarray, val_fraction: float = VAL_FRACTION, seed: int = DEFAULT_SEED):
+#: rows of each class the stratified split needs: one for training, one for validation
+MIN_ROWS_PER_CLASS = 2
+
+
+def stratified_split(y: np.ndarray, val_fraction: float = VAL_FRACTION, seed: int = DEFAULT_SEED,
+                     *, where: str = "features"):
     """The seed's 80/20 split, stratified on the label, reproducible from ``seed``.
 
-    Uses scikit-learn's ``train_test_split`` (the seed's own tool); indices come
-    back sorted so the training order is decided by the :class:`~equivtest.plan.Plan`
-    alone.
-    """
-    from sklearn.model_selection import train_test_split
+    Each class's rows are permuted by :func:`equivtest.rand.permutation` and the
+    first ``round(n_c * val_fraction)`` (at least one, at most ``n_c - 1``) go to
+    validation, so every class is in both parts and the indices have the same
+    bytes on every machine and library version (scikit-learn's splitter is not
+    promised stable across releases).  Indices come back sorted so the training
+    order is decided by the :class:`~equivtest.plan.Plan` alone.
 
-    idx = np.arange(len(y))
-    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed % 2**32, stratify=y)
-    return np.sort(tr), np.sort(va)
+    A class with fewer than :data:`MIN_ROWS_PER_CLASS` rows is a
+    :class:`~equivtest.errors.FeatureError` naming ``where`` and the counts.
+    """
+    from . import rand
+
+    y = np.asarray(y)
+    counts = np.bincount(y.astype(np.int64), minlength=2)
+    if counts.min() < MIN_ROWS_PER_CLASS:
+        c = int(np.argmin(counts))
+        raise FeatureError(
+            where,
+            f"class {c} has {counts[c]} row(s) (class counts {counts[0]} / {counts[1]}); the stratified "
+            f"{round(100 * (1 - val_fraction))}/{round(100 * val_fraction)} split needs at least "
+            f"{MIN_ROWS_PER_CLASS} rows of each class, one for training and one for validation",
+        )
+    bg = rand.generator(seed, 0x5B17)
+    train, val = [], []
+    for c in (0, 1):
+        rows = np.flatnonzero(y == c)
+        rows = rows[rand.permutation(bg, len(rows))]
+        n_val = min(len(rows) - 1, max(1, int(math.floor(len(rows) * val_fraction + 0.5))))
+        val.append(rows[:n_val])
+        train.append(rows[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
 # --------------------------------------------------------------------------- checks
@@ -323,41 +351,60 @@ def surrogate(n: int = SURROGATE_SHAPE[0], d: int = SURROGATE_SHAPE[1], seed: in
     """
     if n < 4 or d < 1:
         raise FeatureError("features 'synthetic'", f"size must be at least 4 x 1, got {n} x {d}")
-    rng = np.random.default_rng([seed, 0x5EED])
+    from . import rand
+
+    f32 = np.float32
+    bg = rand.generator(seed, 0x5EED)
     y = np.zeros(n, dtype=np.int64)
     y[: n - n // 2] = 1
-    rng.shuffle(y)
-    s = (2.0 * y - 1.0).astype(np.float32)
+    y = y[rand.permutation(bg, n)]
+    s = (2.0 * y - 1.0).astype(f32)
 
-    # channel properties
-    sigma = np.exp(rng.normal(0.0, 0.35, d)).astype(np.float32)
-    v = rng.standard_normal(d).astype(np.float32)
-    v *= (rng.random(d) < 0.25).astype(np.float32) * 2.5 + 0.35  # a quarter strongly informative
-    v /= np.sqrt(np.mean(v * v))
+    # channel properties (float64, then rounded once to float32)
+    sigma = rand.exp_approx(0.35 * rand.normal(bg, d)).astype(f32)
+    v = rand.normal(bg, d)
+    v *= (rand.uniform(bg, d) < 0.25) * 2.5 + 0.35  # a quarter strongly informative
+    v = (v / math.sqrt(rand.fsum_mean(v * v))).astype(f32)
     rank = 8
-    L = (rng.standard_normal((rank, d)) * 0.45).astype(np.float32)
+    L = (rand.normal(bg, (rank, d)) * 0.45).astype(f32)
 
-    # image properties: clarity t (a few per cent ambiguous or misleading)
-    t = rng.normal(1.0, 0.45, n).astype(np.float32)
-    u = rng.standard_normal((n, rank)).astype(np.float32)
+    # image properties: clarity t (a few per cent ambiguous or misleading), content u
+    t = (1.0 + 0.45 * rand.normal(bg, n)).astype(f32)
+    u = rand.normal(bg, (n, rank), dtype=f32)
 
-    a = _SURROGATE_SIGNAL
-    z = rng.standard_normal((n, d), dtype=np.float32)
-    z += u @ L
-    z += np.outer(a * t * s, v).astype(np.float32)
+    a = f32(_SURROGATE_SIGNAL)
     # threshold so that ~1/3 are below zero: noise sd is sqrt(1 + 0.45^2*rank + signal)
-    sd = np.sqrt(1.0 + 0.45**2 * rank + (a * v) ** 2 * (1 + 0.45**2)).astype(np.float32)
-    z += 0.4307 * sd  # Phi(-0.4307) = 1/3
-    z *= sigma
-    np.maximum(z, 0.0, out=z)
-    z *= _SURROGATE_SCALE
-    return Dataset(z, y, source=_synthetic_name(n, d), split_seed=split_seed,
+    vd = v.astype(np.float64)
+    sd = np.sqrt(1.0 + 0.45**2 * rank + (_SURROGATE_SIGNAL * vd) ** 2 * (1 + 0.45**2))
+    shift = (0.4307 * sd).astype(f32)  # Phi(-0.4307) = 1/3
+    signal = a * t * s  # (n,) float32
+    X = np.empty((n, d), dtype=f32)
+    rows = max(1, (1 << 20) // d)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        z = rand.normal(bg, (hi - lo, d), dtype=f32)
+        for k in range(rank):  # u @ L as rank-1 updates in a fixed order: no BLAS
+            z += u[lo:hi, k:k + 1] * L[k]
+        z += signal[lo:hi, None] * v
+        z += shift
+        z *= sigma
+        np.maximum(z, f32(0.0), out=z)
+        z *= f32(_SURROGATE_SCALE)
+        X[lo:hi] = z
+    return Dataset(X, y, source=_synthetic_name(n, d), split_seed=split_seed,
                    description=f"built-in GAP-like surrogate, seed {seed}")
 
 
 # tuned constants of the surrogate (see README: measured trajectory vs the seed's)
 _SURROGATE_SIGNAL = 0.45
 _SURROGATE_SCALE = 0.175
+
+
+def _where(source: str) -> str:
+    """How an error names a source: ``features file 'x.h5'`` or ``features 'digits'``."""
+    if source in BUILTIN_SOURCES or source.startswith("synthetic") or source == "arrays":
+        return f"features '{source}'"
+    return f"features file{'s' if ',' in source else ''} '{source}'"
 
 
 def _synthetic_name(n: int, d: int) -> str:
@@ -373,9 +420,12 @@ def breast_cancer(*, split_seed: int = DEFAULT_SEED) -> Dataset:
     """
     from sklearn.datasets import load_breast_cancer
 
+    from . import rand
+
     bunch = load_breast_cancer()
     X = bunch.data.astype(np.float64)
-    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    X = X - rand.column_means(X)  # sums correctly rounded: the same bits on every machine
+    X = X / np.sqrt(rand.column_means(X * X))
     return Dataset(X.astype(np.float32), bunch.target, source="breast-cancer", split_seed=split_seed,
                    description="scikit-learn breast cancer (569 x 30, standardised); 1 = benign")
 

@@ -26,3 +26,15 @@ class FeatureError(InputError):
 
 class BackendUnavailable(RuntimeError):
     """A backend whose framework is not installed (the message names the extra)."""
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A training loss or weight became NaN or infinite; the run stopped at that step.
+
+    ``str(err)`` reads ``non-finite loss at step k (backend, head)``; ``step`` is
+    the index into the run's ``step_loss`` (0-based, counted over the whole run).
+    """
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step

@@ -23,8 +23,9 @@ import numpy as np
 
 from . import __version__
 from . import backends as _registry
-from .compare import PROBA_TOLERANCES, TOLERANCES, compare_trajectories
+from .compare import CONTROL_MARGIN, PROBA_TOLERANCES, TOLERANCES, compare_trajectories
 from .data import SURROGATE_SHAPE, Dataset
+from .errors import NonFiniteLoss
 from .heads import lr_factor as rule_lr_factor
 from .heads import n_params, sigmoid_to_softmax, softmax_to_sigmoid
 from .plan import Plan
@@ -33,8 +34,6 @@ from .trajectory import Trajectory
 
 RUNS = ("softmax", "sigmoid_converted", "sigmoid_random")
 MASK_MODES = ("shared", "independent")
-#: how far apart (x tolerance) the random-init sigmoid must be: it is a negative control
-CONTROL_FACTOR = 100.0
 
 
 @dataclass
@@ -51,6 +50,8 @@ class Check:
 
     @property
     def passed(self) -> bool:
+        if self.op == "never":  # a recorded failure (a run that stopped), not a comparison
+            return False
         if self.op == "<=":
             return bool(self.value <= self.tolerance)
         if self.op == ">":
@@ -72,6 +73,8 @@ class BackendResult:
     environment: dict
     runs: dict[str, Trajectory] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
+    #: runs stopped by a non-finite loss or weight: run name -> the error
+    stopped: dict[str, NonFiniteLoss] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,11 +169,17 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
                 if on_run:
                     on_run(be.name, name)
                 cb = (lambda e, logs, _b=be.name, _n=name: on_epoch(_b, _n, e, logs)) if on_epoch else None
-                br.runs[name] = be.train(head, init, p, dataset, device=dev, callback=cb,
-                                         record_history=name != "sigmoid_random")
+                try:
+                    br.runs[name] = be.train(head, init, p, dataset, device=dev, callback=cb,
+                                             record_history=name != "sigmoid_random")
+                except NonFiniteLoss as exc:  # the run stops; the others go on; a failed check says why
+                    br.stopped[name] = exc
     except KeyboardInterrupt:
         res.interrupted = True
-    res.checks = compute_checks(res, dataset)
+    try:
+        res.checks = compute_checks(res, dataset)
+    except KeyboardInterrupt:  # a second interrupt while checking: the runs are reported, unchecked
+        res.interrupted = True
     res.wall_s = time.perf_counter() - t0
     return res
 
@@ -182,7 +191,16 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
     tol = TOLERANCES[dtype]["atol"]
     ptol = PROBA_TOLERANCES[dtype]["atol"]
     d = dataset.n_features
+    lrs = {"softmax": res.plan.lr, "sigmoid_converted": res.lr_factor * res.plan.lr,
+           "sigmoid_random": res.lr_factor * res.plan.lr}
     for name, br in res.results.items():
+        for run, exc in br.stopped.items():
+            big = float(np.max(np.abs(dataset.X)))
+            checks.append(Check(
+                "non_finite", name, float(exc.step), 0.0, "never",
+                f"{str(exc).split(': ', 1)[-1] if str(exc).startswith('backend') else exc} in run {run}; "
+                f"likely causes: the features' largest magnitude is {big:.3g} (pooled CNN features are "
+                f"O(1): standardise or rescale them), the learning rate is {lrs[run]:g} (lower it)"))
         be = _registry.get(name)
         # parameter counts as the framework counts them
         if br.params:
@@ -214,7 +232,7 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
             if rand is not None:
                 rgap = compare_trajectories(soft, rand).fields["val_loss"].max_abs
                 if res.masks == "shared":
-                    checks.append(Check("random_init_gap_val_loss", name, rgap, CONTROL_FACTOR * tol, ">",
+                    checks.append(Check("random_init_gap_val_loss", name, rgap, CONTROL_MARGIN * tol, ">",
                                         "negative control: a sigmoid from its own init is a different path"))
                 else:
                     checks.append(Check("converted_gap_below_random_gap", name, vgap, rgap, "<=",

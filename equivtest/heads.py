@@ -13,6 +13,7 @@ Binary case, features x; softmax head (w0, b0), (w1, b1); sigmoid head (beta, c)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,11 +76,17 @@ def n_params(head: str, d: int) -> int:
 
 
 # ----------------------------------------------------------------------------- init
-def glorot_uniform(head: str, d: int, rng: np.random.Generator, dtype=np.float32) -> Weights:
-    """Keras's default Dense init, drawn with NumPy: U(-l, l), l = sqrt(6 / (d + k)); bias 0."""
+def glorot_uniform(head: str, d: int, bg: np.random.BitGenerator, dtype=np.float32) -> Weights:
+    """Keras's default Dense init: U(-l, l), l = sqrt(6 / (d + k)); bias 0.
+
+    Drawn from ``bg``'s raw stream as ``(2u - 1) l`` (:func:`equivtest.rand.uniform`),
+    so the weights have the same bits on every machine.
+    """
+    from . import rand
+
     k = UNITS[check_head(head)]
-    limit = np.sqrt(6.0 / (d + k))
-    kernel = rng.uniform(-limit, limit, size=(d, k)).astype(dtype)
+    limit = math.sqrt(6.0 / (d + k))
+    kernel = ((rand.uniform(bg, (d, k)) * 2.0 - 1.0) * limit).astype(dtype)
     return Weights(kernel, np.zeros(k, dtype=dtype))
 
 

@@ -82,10 +82,12 @@ def sgd_losses(data: KWay, W0: np.ndarray, b0: np.ndarray, lr: float, *, referen
         W, b = to_reference(W0, b0)
     else:
         W, b = W0.copy(), b0.copy()
-    rng = np.random.default_rng(seed)
+    from . import rand
+
+    bg = rand.generator(seed, 0x4B)
     losses = []
     for _ in range(epochs):
-        order = rng.permutation(n)
+        order = rand.permutation(bg, n)
         for s in range(0, n, batch_size):
             idx = order[s:s + batch_size]
             xb, yb = X[idx], y[idx]
@@ -104,17 +106,19 @@ def sgd_losses(data: KWay, W0: np.ndarray, b0: np.ndarray, lr: float, *, referen
     return np.asarray(losses)
 
 
-def best_factor(data: KWay, lr: float = 0.05, factors=None, **kw) -> tuple[float, float]:
+def best_factor(data: KWay, lr: float = 0.05, **kw) -> tuple[float, float]:
     """(factor, gap): the reference head's lr factor that brings its path closest to the full head's.
 
-    ``gap`` is the max |d step loss| at that factor over the grid ``factors``.
+    ``gap`` is the max |d step loss| at that factor, minimised over the factor by
+    :func:`equivtest.rules.best_lr_factor` (a log-scale grid, then Brent's method).
     """
+    from . import rand
+    from .rules import best_lr_factor
+
     d, K = data.X.shape[1], data.K
-    rng = np.random.default_rng(1)
-    W0 = rng.normal(0, 0.1, (d, K))
+    W0 = rand.normal(rand.generator(1, K), (d, K)) * 0.1
     b0 = np.zeros(K)
     full = sgd_losses(data, W0, b0, lr, reference=False, **kw)
-    factors = np.linspace(0.5, 4.0, 36) if factors is None else np.asarray(factors)
-    gaps = [float(np.max(np.abs(sgd_losses(data, W0, b0, f * lr, reference=True, **kw) - full))) for f in factors]
-    i = int(np.argmin(gaps))
-    return float(factors[i]), gaps[i]
+    factor, gap, _ = best_lr_factor(
+        lambda f: float(np.max(np.abs(sgd_losses(data, W0, b0, f * lr, reference=True, **kw) - full))))
+    return factor, gap

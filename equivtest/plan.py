@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import heads as _heads
+from . import rand
 from .errors import InputError
 
 DTYPES = ("float32", "float64")
@@ -211,13 +212,13 @@ class Plan:
         return [(s, min(s + bs, n)) for s in range(0, n, bs)]
 
     # -- draws --------------------------------------------------------------------
-    def _rng(self, stream: int, *key: int, bit_generator=np.random.PCG64) -> np.random.Generator:
-        return np.random.Generator(bit_generator(np.random.SeedSequence([self.seed, stream, *key])))
+    def _stream(self, stream: int, *key: int) -> np.random.PCG64:
+        return rand.generator(self.seed, stream, *key)
 
     def batch_order(self, epoch: int, n: int) -> np.ndarray:
-        """The permutation of the n training rows used in ``epoch`` (0-based)."""
+        """The permutation of the n training rows used in ``epoch`` (0-based), the same bits everywhere."""
         self._check_epoch(epoch)
-        return self._rng(_ORDER, epoch).permutation(n)
+        return rand.permutation(self._stream(_ORDER, epoch), n)
 
     def epoch_masks(self, epoch: int, n: int, d: int) -> np.ndarray | None:
         """Keep-masks (n, d) bool for ``epoch``, row k for the k-th sample in its order.
@@ -243,8 +244,8 @@ class Plan:
 
         ``stream`` separates independent draws (e.g. a sigmoid's own random init).
         """
-        rng = self._rng(_INIT, _heads.UNITS[_heads.check_head(head)], stream)
-        return _heads.glorot_uniform(head, d, rng, dtype=np.float64)
+        bg = self._stream(_INIT, _heads.UNITS[_heads.check_head(head)], stream)
+        return _heads.glorot_uniform(head, d, bg, dtype=np.float64)
 
     def _check_epoch(self, epoch: int) -> None:
         if not 0 <= epoch < self.epochs:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atomic
 from .compare import TOLERANCES
 from .experiment import RUNS, ExperimentResult
 
@@ -77,6 +78,9 @@ def text(res: ExperimentResult) -> str:
         parts.append(_text_table(*epoch_rows(res, name)))
         parts.append("")
     parts.append(_text_table(*check_rows(res)))
+    for c in res.checks:
+        if c.op == "never":  # a stopped run: say why, in the table's words
+            parts.append(f"{c.name} ({c.backend}): {c.detail}")
     n_fail = sum(not c.passed for c in res.checks)
     verdict = "INTERRUPTED" if res.interrupted else ("all checks pass" if not n_fail else f"{n_fail} check(s) FAILED")
     parts.append("")
@@ -103,7 +107,7 @@ def markdown(res: ExperimentResult, plots=()) -> str:
 
 def write_json(res: ExperimentResult, path: Path) -> dict:
     d = res.to_dict()
-    path.write_text(json.dumps(d, indent=1, default=float))
+    atomic.write_text(path, json.dumps(d, indent=1, default=float))
     return d
 
 
@@ -112,8 +116,23 @@ COLORS = {"softmax": "tab:blue", "sigmoid_converted": "tab:orange", "sigmoid_ran
 BACKEND_STYLES = ["-", "--", ":", "-."]
 
 
-def plot(res: ExperimentResult, out: Path) -> list[Path]:
-    """Draw the seed's two figures (and the per-step gap); return the files written."""
+def _save(fig, path: Path) -> None:
+    """Save a figure atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+
+
+def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
+    """Draw the seed's two figures (and the per-step gap); return the files written.
+
+    Each file is written atomically; ``between()``, if given, is called after each one.
+    """
+    between = between or (lambda: None)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,11 +165,11 @@ def plot(res: ExperimentResult, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("cross-entropy")
     axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("softmax @ lr vs sigmoid @ 2 lr (converted and random init)", fontsize=10)
+    fig.suptitle(f"softmax @ lr vs sigmoid @ {res.lr_factor:g} lr (converted and random init)", fontsize=10)
     fig.tight_layout()
     written.append(out / "loss_curves.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, written[-1])
+    between()
 
     # 2. val_loss differences per epoch, all backends on shared axes
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -184,8 +203,8 @@ def plot(res: ExperimentResult, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(out / "val_loss_diff.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, written[-1])
+    between()
 
     # 3. per-step loss gap softmax vs converted sigmoid (where two trajectories split)
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -209,6 +228,6 @@ def plot(res: ExperimentResult, out: Path) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(out / "step_loss_gap.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, written[-1])
+    between()
     return written

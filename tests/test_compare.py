@@ -9,6 +9,7 @@ from equivtest.compare import (
     assert_trajectories_close,
     assert_trajectories_differ,
     compare_series,
+    tolerance,
 )
 from equivtest.heads import Weights
 from equivtest.trajectory import Trajectory
@@ -49,9 +50,14 @@ def test_shapes_are_checked_before_values_and_nan_is_a_mismatch():
     assert not c.ok and c.first == 1
 
 
-def test_tolerances_are_data():
-    assert TOLERANCES["float32"]["atol"] == 1e-5
-    assert TOLERANCES["float64"]["atol"] == 1e-10
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tolerances_are_data(dtype):
+    """The per-dtype table decides a comparison, and a per-check override replaces it."""
+    atol = TOLERANCES[dtype]["atol"]
+    assert compare_series([0.5], [0.5 + 0.5 * atol], **tolerance(dtype)).ok
+    assert not compare_series([0.5], [0.5 + 2 * atol], **tolerance(dtype)).ok
+    assert compare_series([0.5], [0.5 + 2 * atol], **tolerance(dtype, atol=4 * atol)).ok
+    assert TOLERANCES["float64"]["atol"] < TOLERANCES["float32"]["atol"]
     with pytest.raises(AssertionError, match="mean"):
         assert_allclose([0.0, 1.0], [0.0, 1.1], atol=1e-3)
 
@@ -79,6 +85,7 @@ def test_divergence_names_the_step_and_the_parameters_that_differ_most():
     div = locate_divergence(soft, sig, atol=1e-10)
     diffs = [abs(a - b) for _, a, b in div.top]
     assert diffs == sorted(diffs, reverse=True) and diffs[0] > 0
-    j = int(div.top[0][0][5:-1]) if div.top[0][0] != "c" else 6
-    assert diffs[0] == pytest.approx(np.max(np.abs(soft.history[1] - sig.history[1])))
-    assert j in range(7)
+    j = int(div.top[0][0][5:-1]) if div.top[0][0] != "c" else 6  # "beta[j]" or "c" (the last coordinate)
+    gaps = np.abs(soft.history[1] - sig.history[1])
+    assert diffs[0] == pytest.approx(gaps.max())
+    assert j == int(np.argmax(gaps))  # the parameter named first is the one that differs most

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from equivtest import heads
+from equivtest import heads, rand
 from equivtest.compare import assert_allclose
 
 finite = st.floats(-5, 5, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=64)
@@ -77,11 +77,23 @@ def test_parameter_counts_halve(d):
     assert heads.n_params("softmax", d) / heads.n_params("sigmoid", d) == 2
 
 
-def test_factors_and_their_derivations_are_documented():
-    assert heads.lr_factor() == 2.0
-    assert heads.weight_decay_factor() == 0.5
-    assert "2 eta" in heads.lr_factor.__doc__
-    assert "lambda / 2" in heads.weight_decay_factor.__doc__
+def test_the_factors_reproduce_one_sgd_step_with_decay_exactly():
+    """One SGD step with decoupled decay from the derivations: the softmax step, mapped to beta, is the
+    sigmoid's step at lr x lr_factor() and decay x weight_decay_factor() (float64, to rounding)."""
+    bg = rand.generator(7)
+    X, y = rand.normal(bg, (40, 6)), (rand.uniform(bg, 40) < 0.5).astype(np.float64)
+    W, b = rand.normal(bg, (6, 2)), rand.normal(bg, 2)
+    lr, wd = 0.1, 0.3
+    p = 1 / (1 + np.exp(-(X @ (W[:, 1] - W[:, 0]) + b[1] - b[0])))
+    g = (p - y) / len(y)
+    G = np.stack([-(X.T @ g), X.T @ g], axis=1)  # dL/dw0 = -(p - y) x, dL/dw1 = (p - y) x
+    W1 = W * (1 - lr * wd) - lr * G
+    beta = W[:, 1] - W[:, 0]
+    lr_s, wd_s = lr * heads.lr_factor(), wd * heads.weight_decay_factor()
+    beta1 = beta * (1 - lr_s * wd_s) - lr_s * (X.T @ g)
+    assert_allclose(W1[:, 1] - W1[:, 0], beta1, name="beta after one step", atol=1e-14)
+    wrong = beta * (1 - lr * wd) - lr * (X.T @ g)  # the sigmoid at the softmax's rate and decay
+    assert np.max(np.abs(wrong - beta1)) > 1e-3
 
 
 def test_bad_shapes_and_names_are_refused():

@@ -8,6 +8,7 @@ reads their values afresh each epoch.
 import numpy as np
 import pytest
 
+from equivtest import rand
 from equivtest.plan import Plan
 
 pytestmark = pytest.mark.needs_backends("keras")
@@ -21,7 +22,7 @@ def test_epoch_batches_are_the_plans_masked_rows_and_follow_each_epochs_assignme
     backend = get("keras")
     plan = Plan(batch_size=32, dropout=dropout, dtype=dtype, epochs=2, seed=4)
     n, d = 250, 24
-    X = np.random.default_rng(1).standard_normal((n, d))
+    X = rand.normal(rand.generator(1), (n, d))
     y = np.arange(n) % 2
     Xt, Yt = backend._tensor(X, dtype), backend._tensor(y, dtype, "sigmoid")
     order, keep = backend._epoch_buffers(n, d, dropout > 0)
@@ -49,7 +50,7 @@ def test_plan_dropout_layer_scales_in_the_inputs_dtype():
     from equivtest.backends._keras_common import PlanDropout
 
     plan = Plan(dropout=0.3)
-    x = np.random.default_rng(0).standard_normal((40, 9))
+    x = rand.normal(rand.generator(0), (40, 9))
     keep = plan.epoch_masks(0, 40, 9)
     got = np.asarray(PlanDropout(plan.mask_scale, dtype="float64")(x, keep))
     assert got.tobytes() == np.where(keep, x * plan.mask_scale, 0.0).tobytes()

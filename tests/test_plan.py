@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from equivtest import rand
 from equivtest.errors import InputError
 from equivtest.plan import Optimizer, Plan
 
@@ -108,7 +109,7 @@ def test_masks_unpacked_in_pieces_equal_the_whole_epoch(rate, d):
 def test_scaled_masks_multiply_bit_for_bit_like_scale_then_mask(rate, dtype, d):
     """x * scaled_rows == (x * scale) * keep in every bit, signed zeros included."""
     p = Plan(dropout=rate, seed=2)
-    x = np.random.default_rng(0).standard_normal((200, d)).astype(dtype)
+    x = rand.normal(rand.generator(0), (200, d)).astype(dtype)
     keep = p.epoch_masks(0, 200, d)
     expected = (x * dtype(p.mask_scale)) * keep
     drawn = p.masks_for(0, 200, d)

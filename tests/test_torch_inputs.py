@@ -6,11 +6,11 @@ in use, its errors reach the caller, and leaving early stops it.
 """
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
+from equivtest import rand
 from equivtest.plan import Plan
 
 pytestmark = pytest.mark.needs_backends("torch")
@@ -32,7 +32,7 @@ def test_step_inputs_are_the_plans_masked_rows_bit_for_bit(tb, dtype, dropout, p
 
     plan = Plan(batch_size=32, dropout=dropout, dtype=dtype, epochs=2, seed=4)
     n, d = 250, 24  # a last partial batch and a partial chunk
-    X = torch.as_tensor(np.random.default_rng(1).standard_normal((n, d))).to(getattr(torch, dtype))
+    X = torch.as_tensor(rand.normal(rand.generator(1), (n, d))).to(getattr(torch, dtype))
     bounds = plan.batch_bounds(n)
     inputs = tb._StepInputs(X, plan, bounds, plan_masks=True, pipelined=pipelined)
     for epoch in range(plan.epochs):
@@ -47,19 +47,35 @@ def test_step_inputs_are_the_plans_masked_rows_bit_for_bit(tb, dtype, dropout, p
 
 
 def test_prefetched_yields_in_order_and_never_writes_a_buffer_in_use(tb):
+    """No sleeping: for each item, the consumer waits until the worker has run as far ahead as the design
+    lets it (item i + 2 prepared, i + 1 queued, the worker blocked), then checks that its buffer was never
+    handed to ``prepare`` while held, and that the worker stopped exactly there."""
     buffers = [np.zeros(1) for _ in range(3)]
+    held = {"buf": None}
+    violations, prepared = [], {"count": 0}
+    cond = threading.Condition()
 
     def prepare(i, buf):
+        if buf is held["buf"]:
+            violations.append(i)
         buf[0] = i
+        with cond:
+            prepared["count"] = i + 1
+            cond.notify_all()
         return buf
 
-    seen = []
-    for item in tb._prefetched(prepare, 40, buffers):
-        value = item[0]
-        time.sleep(0.002)  # the worker runs ahead as far as it may
-        assert item[0] == value  # ... and has not reused this buffer
-        seen.append(int(value))
-    assert seen == list(range(40))
+    seen, n = [], 40
+    for item in tb._prefetched(prepare, n, buffers):
+        held["buf"] = item
+        i = int(item[0])
+        with cond:  # the timeout only guards against a deadlock; nothing depends on timing
+            assert cond.wait_for(lambda i=i: prepared["count"] >= min(i + 3, n), timeout=120)
+            assert prepared["count"] == min(i + 3, n)  # ... and no further: the queue holds one item
+        assert item[0] == i  # not overwritten while held
+        seen.append(i)
+        held["buf"] = None
+    assert seen == list(range(n))
+    assert violations == []
 
 
 def test_prefetched_raises_the_workers_error_in_the_caller(tb):

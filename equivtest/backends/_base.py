@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import Dataset
-from ..errors import InputError
+from ..errors import InputError, NonFiniteLoss
 from ..heads import UNITS, Weights, check_head
 from ..plan import Plan
 from ..trajectory import Trajectory, epoch_figures
@@ -120,3 +120,20 @@ def batch_sizes(plan: Plan, n: int) -> np.ndarray:
     """Each step's batch size over the whole run."""
     one = np.asarray([b - a for a, b in plan.batch_bounds(n)], dtype=np.int64)
     return np.tile(one, plan.epochs)
+
+
+def check_finite(backend: str, head: str, losses, first_step: int, params=()) -> None:
+    """Raise :class:`NonFiniteLoss` at the first non-finite step loss, or if a parameter is not finite.
+
+    ``losses`` are the steps ``first_step, first_step + 1, ...`` of a run (an
+    epoch, or one step); ``params`` the weights after the last of them.
+    """
+    losses = np.asarray(losses, dtype=np.float64).ravel()
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        k = first_step + int(bad[0])
+        raise NonFiniteLoss(f"non-finite loss at step {k} ({backend}, {head})", k)
+    for p in params:
+        if not np.isfinite(np.asarray(p)).all():
+            k = first_step + len(losses) - 1
+            raise NonFiniteLoss(f"non-finite weight after step {k} ({backend}, {head})", k)

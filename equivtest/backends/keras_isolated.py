@@ -63,8 +63,10 @@ class Backend(BaseBackend):
             raise RuntimeError(f"backend '{self.name}': its worker process stopped ({exc})") from None
         if not ok:
             kind, message = value
-            raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError}.get(kind, RuntimeError)(
-                f"backend '{self.name}': {message}")
+            from ..errors import NonFiniteLoss
+
+            raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError,
+                   "NonFiniteLoss": NonFiniteLoss}.get(kind, RuntimeError)(f"backend '{self.name}': {message}")
         return value
 
     def close(self):
@@ -113,6 +115,10 @@ def _portable_data(data):
 
 # ------------------------------------------------------------------------------ worker side
 def _serve(conn) -> None:
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the parent handles it and stops the worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     worker = _Worker()
     while True:
@@ -133,6 +139,7 @@ class _Worker:
         import keras
 
         self.keras = keras
+        self.name = f"keras-{keras.backend.backend()}"
 
     def info(self) -> dict:
         import importlib
@@ -157,7 +164,7 @@ class _Worker:
 
     def train(self, head, init, plan, data, masks, record_history):
         from ..trajectory import Trajectory
-        from ._base import batch_sizes
+        from ._base import batch_sizes, check_finite
         from ._keras_common import _targets, build, floatx, reset_optimizer
 
         ops = self.keras.ops
@@ -181,6 +188,8 @@ class _Worker:
                             class_weight=class_weight)
                 losses.append(ops.convert_to_numpy(c.recorder.values))
                 correct.append(ops.convert_to_numpy(c.recorder.right))
+                check_finite(self.name, head, losses[-1], epoch * steps,
+                             [ops.convert_to_numpy(v) for v in c.dense.weights])
                 if record_history:
                     history.append(ops.convert_to_numpy(c.recorder.history))
                 ev = c.evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0, return_dict=True)

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..heads import SOFTMAX, Weights, n_params, sigmoid, sigmoid_coordinates
+from ..heads import SOFTMAX, UNITS, Weights, check_head, sigmoid, sigmoid_coordinates
 from ..heads import predict_proba as _predict_proba
 from ..plan import Optimizer, Plan
 from ..trajectory import Trajectory
-from ._base import BaseBackend, batch_sizes, epoch_logs
+from ._base import BaseBackend, batch_sizes, check_finite, epoch_logs
 
 
 class Backend(BaseBackend):
@@ -53,7 +53,9 @@ class Backend(BaseBackend):
         return np.__version__
 
     def count_params(self, head: str, d: int) -> int:
-        return n_params(head, d)
+        """The elements of the arrays this backend trains (as :meth:`train` allocates them)."""
+        k = UNITS[check_head(head)]
+        return sum(p.size for p in _parameters(Weights(np.zeros((d, k)), np.zeros(k)), np.float64))
 
     def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32"):
         self.resolve_device(device)
@@ -61,6 +63,11 @@ class Backend(BaseBackend):
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
+        # overflow is caught by check_finite at the step it appears, not reported as a NumPy warning
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._train(head, init, plan, data, device, masks, callback, record_history)
+
+    def _train(self, head, init, plan: Plan, data, device, masks, callback, record_history) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         dt = np.dtype(plan.dtype)
@@ -74,8 +81,7 @@ class Backend(BaseBackend):
         gamma = plan.focal_gamma if plan.loss == "focal" else None
         Tv = plan.targets(data.y_val)
         n, d = X.shape
-        K = init.kernel.astype(dt, copy=True)
-        b = init.bias.astype(dt, copy=True)
+        K, b = _parameters(init, dt)
         opt = _Optimizer(plan.optimizer, plan.lr, [K, b], self.epsilon_convention)
         scale = dt.type(plan.mask_scale)
         mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.mask_stream + 1_000_003)
@@ -97,11 +103,14 @@ class Backend(BaseBackend):
                     xb *= m[s:t]
                 loss, n_right, gz = _loss_and_grad(head, xb @ K + b, y[idx], T[idx],
                                                    None if W is None else W[idx], gamma=gamma)
+                if not np.isfinite(loss):
+                    check_finite(self.name, head, [loss], len(losses))
                 losses.append(loss)
                 correct.append(n_right)
                 opt.step([xb.T @ gz, gz.sum(axis=0)])
                 if history is not None:
                     history.append(sigmoid_coordinates(K, b))
+            check_finite(self.name, head, [], len(losses), (K, b))
             Wv = plan.focal_weights(head, data.y_val) if gamma is not None else None
             vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, Tv, Wv, grad=False, gamma=gamma)
             val_loss.append(vl)
@@ -114,6 +123,11 @@ class Backend(BaseBackend):
             Weights(K, b), self._meta(head, plan, data, device, masks),
             history=None if history is None else np.asarray(history),
         )
+
+
+def _parameters(init: Weights, dtype) -> list[np.ndarray]:
+    """The arrays the oracle trains: the kernel (d, k) and the bias (k,), copied from ``init``."""
+    return [init.kernel.astype(dtype, copy=True), init.bias.astype(dtype, copy=True)]
 
 
 def reference_for(backend) -> Backend:

@@ -24,7 +24,7 @@ from torch import nn
 from ..heads import SOFTMAX, UNITS, Weights, from_torch_layout, to_torch_layout
 from ..plan import Plan
 from ..trajectory import Trajectory
-from ._base import BaseBackend, batch_sizes, epoch_logs
+from ._base import BaseBackend, batch_sizes, check_finite, epoch_logs
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -304,6 +304,8 @@ class Backend(BaseBackend):
                 losses = torch.stack(losses)
                 right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
                 step_losses.append(losses.cpu().numpy())
+                check_finite(self.name, head, step_losses[-1], epoch * len(bounds),
+                             (bool(torch.isfinite(layer.weight).all() & torch.isfinite(layer.bias).all()),))
                 step_logits.append(right)
                 vl, va = self._evaluate(head, layer, loss_fn, Xv, yv, yv_t)
                 val_loss.append(vl)

@@ -1,0 +1,67 @@
+"""Generated inputs have the same bytes on every machine (see ``equivtest.rand``).
+
+``tests/data/input_digests.json`` pins the SHA-256 of every input equivtest
+generates (built-in features, splits, initial weights, batch orders, dropout
+masks).  It was written by ``python -m equivtest.portability`` on purpose; a
+change to the generators that moves a bit fails here.  Regenerate only when the
+generated data are meant to change (and re-measure the README's figures):
+``python -m equivtest.portability > tests/data/input_digests.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from equivtest.portability import input_digests
+
+PINNED = json.loads((Path(__file__).parent / "data" / "input_digests.json").read_text())
+
+
+def _dispatched_cpu_features() -> str:
+    """The SIMD targets NumPy dispatches to on this CPU (disabling them forces its baseline kernels)."""
+    try:
+        from numpy._core import _multiarray_umath as m  # NumPy 2
+    except ImportError:  # pragma: no cover - NumPy 1
+        from numpy.core import _multiarray_umath as m
+    return " ".join(f for f in m.__cpu_dispatch__ if m.__cpu_features__.get(f))
+
+
+#: other kernel sets and thread counts: (id, environment, extra arguments)
+KERNEL_SETS = [
+    ("openblas-prescott-1-thread", {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "1",
+                                    "OMP_NUM_THREADS": "1"}, []),
+    ("openblas-sandybridge", {"OPENBLAS_CORETYPE": "Sandybridge"}, []),
+    ("numpy-baseline-simd", {"NPY_DISABLE_CPU_FEATURES": _dispatched_cpu_features()}, []),
+    ("frameworks-imported-aten-default", {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1",
+                                          "TF_CPP_MIN_LOG_LEVEL": "3"}, ["--import-frameworks"]),
+]
+
+
+def _diff(got: dict, want: dict) -> str:
+    bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    return f"{len(bad)} of {len(want)} generated inputs differ: " + ", ".join(bad[:8])
+
+
+def test_generated_inputs_match_the_pinned_digests():
+    got = input_digests()
+    assert got == PINNED, _diff(got, PINNED)
+
+
+@pytest.mark.parametrize("name, env, args", KERNEL_SETS, ids=[k[0] for k in KERNEL_SETS])
+def test_generated_inputs_are_identical_under_other_kernel_sets(name, env, args):
+    if name == "numpy-baseline-simd" and not env["NPY_DISABLE_CPU_FEATURES"]:
+        pytest.skip("NumPy dispatches to no optional SIMD target on this CPU: nothing to disable")
+    if args and not any(importlib.util.find_spec(f) for f in ("torch", "tensorflow")):
+        pytest.skip("neither torch nor tensorflow is installed: pip install 'equivtest[all]'")
+    res = subprocess.run([sys.executable, "-m", "equivtest.portability", *args], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout)
+    assert got == PINNED, f"under {env}: " + _diff(got, PINNED)
