@@ -8,7 +8,8 @@ pytester, hypothesis profiles, and the ``--bench`` switch for tests/benchmarks.
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["pytester"]
+# the suite's plugin (short options --backend/--device/--features, its fixtures) for this repository's runs
+pytest_plugins = ["pytester", "equivtest.suite.plugin"]
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=30, deadline=None)

@@ -1,152 +1,90 @@
-"""The pytest plugin: options, the report header, parametrisation and fixtures.
+"""The ``pytest11`` plugin: loaded into every pytest run on the machine, so it changes none.
 
-Registered through the ``pytest11`` entry point.  Loading it imports no
-framework; fixtures import their machinery inside the function body.
+What it adds to a run that is not equivtest's own suite:
 
-Options (each with an environment variable that stands in for it):
+- three options with unmistakable names, ``--equivtest-backend``,
+  ``--equivtest-device`` and ``--equivtest-features`` (like pytest-benchmark's
+  ``--benchmark-*``), each standing in for an ``EQUIVTEST_*`` variable;
+- one fixture, ``equivtest_selection``: the session's backends, devices and
+  features (``equivtest.session.Selection``), built on first use.
 
-- ``--backend NAMES`` (``EQUIVTEST_BACKEND``): comma list of numpy, torch, keras,
-  keras-torch, keras-jax (the last two, Keras 3 on other frameworks in worker
-  processes, run only when named or with ``all``).
-- ``--device NAMES`` (``EQUIVTEST_DEVICE``): cpu, cuda[:N], mps, auto.
-- ``--features SOURCE`` (``EQUIVTEST_FEATURES``): h5 path(s), synthetic[:NxD], breast-cancer, digits.
+Nothing is parametrised, no header line is printed, no marker or skip is added,
+and no framework is imported.  The suite's short options (``--backend``,
+``--device``, ``--features``), its fixtures (``backend``, ``device``,
+``dataset``, ``plan``, ``reference``) and its parametrisation live in
+:mod:`equivtest.suite.plugin`, which loads only where the suite runs: with
+``pytest --pyargs equivtest.suite`` (detected here, before the command line is
+parsed), under a path inside the installed suite, from this repository's root
+``conftest.py``, or when a project asks for it with ``-p equivtest.suite.plugin``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-_KEY = pytest.StashKey()
+SUITE_PLUGIN = "equivtest.suite.plugin"
+#: where a run keeps its one session object (the Selection), as pytest-benchmark keeps its own
+SELECTION_KEY = pytest.StashKey()
+_SUITE_DIR = Path(__file__).resolve().parent / "suite"
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("equivtest", "softmax/sigmoid equivalence")
-    group.addoption(
-        "--backend", dest="equivtest_backend", default=None, metavar="NAMES",
-        help="comma list of backends to test: numpy, torch, keras, keras-torch, keras-jax, or all "
-             "(env EQUIVTEST_BACKEND; default: every installed one of numpy, torch, keras)",
-    )
-    group.addoption(
-        "--device", dest="equivtest_device", default=None, metavar="NAMES",
-        help="comma list of devices: cpu, cuda[:N], mps, auto; one asked for but absent is a usage error "
-             "(env EQUIVTEST_DEVICE; default: cpu)",
-    )
-    group.addoption(
-        "--features", dest="equivtest_features", default=None, metavar="SOURCE",
-        help="features: an h5 file in the seed's schema, several joined with commas, synthetic[:NxD], "
-             "breast-cancer or digits (env EQUIVTEST_FEATURES; default: synthetic:2000x128)",
-    )
+    group = parser.getgroup("equivtest", "softmax/sigmoid equivalence (equivtest)")
+    group.addoption("--equivtest-backend", dest="equivtest_backend", default=None, metavar="NAMES",
+                    help="equivtest's backends: numpy, torch, keras, keras-torch, keras-jax or all "
+                         "(env EQUIVTEST_BACKEND; default: every installed one of numpy, torch, keras)")
+    group.addoption("--equivtest-device", dest="equivtest_device", default=None, metavar="NAMES",
+                    help="equivtest's devices: cpu, cuda[:N], mps, auto (env EQUIVTEST_DEVICE; default: cpu)")
+    group.addoption("--equivtest-features", dest="equivtest_features", default=None, metavar="SOURCE",
+                    help="equivtest's features: h5 path(s), synthetic[:NxD], breast-cancer, digits "
+                         "(env EQUIVTEST_FEATURES; default: synthetic:2000x128)")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a GPU named with --device (skipped otherwise)")
-    config.addinivalue_line("markers", "needs_backends(*names): runs only when every named backend is selected")
-    if not config.pluginmanager.hasplugin("xdist"):
-        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's group (inert without it)")
-    from .errors import InputError
+def runs_the_suite(args) -> bool:
+    """True when the command line names equivtest's suite (``--pyargs equivtest.suite...`` or a path in it)."""
+    args = [str(a) for a in args]
+    pyargs = "--pyargs" in args
+    for a in args:
+        target = a.split("::", 1)[0]
+        if pyargs and (target == "equivtest.suite" or target.startswith("equivtest.suite.")):
+            return True
+        if not target.startswith("-"):
+            try:
+                p = Path(target).resolve()
+            except (OSError, ValueError):
+                continue
+            if p == _SUITE_DIR or _SUITE_DIR in p.parents:
+                return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """Load the suite's plugin (its short options) before the command line is parsed, if the suite runs."""
+    if runs_the_suite(args):
+        early_config.pluginmanager.import_plugin(SUITE_PLUGIN)
+
+
+def selection(config):
+    """The session's :class:`~equivtest.session.Selection`, made once per run and kept in ``config.stash``."""
     from .session import Selection
 
-    try:
-        sel = Selection.from_options(
-            config.getoption("equivtest_backend"), config.getoption("equivtest_device"),
-            config.getoption("equivtest_features"),
-        )
-        if sel.explicit_features:
-            sel.dataset()
-        sel.check_devices()
-    except InputError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.stash[_KEY] = sel
-
-
-def _selection(config):
-    return config.stash[_KEY]
-
-
-def pytest_report_header(config):
-    return _selection(config).header_lines()
-
-
-def pytest_generate_tests(metafunc):
-    sel = _selection(metafunc.config)
-    if "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", sel.backends, indirect=True, scope="session")
-    if "device" in metafunc.fixturenames:
-        metafunc.parametrize("device", sel.devices, indirect=True, scope="session")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Markers become skips here, each naming the flag or extra responsible.
-
-    Each backend's tests in one test module also form one ``xdist_group``, so
-    ``pytest -n N --dist loadgroup`` keeps a framework's tests on as few workers
-    as there are modules using it (never TensorFlow in a worker that runs no
-    keras test), while the slow keras tests still spread over more than one.
-    """
-    sel = _selection(config)
-    gpu_asked = any(d.split(":")[0] in ("cuda", "mps") for d in sel.devices) and sel.explicit_devices
-    for item in items:
-        if item.get_closest_marker("gpu") and not gpu_asked:
-            item.add_marker(pytest.mark.skip(reason="needs a GPU: run with --device=cuda (or EQUIVTEST_DEVICE=cuda)"))
-        m = item.get_closest_marker("needs_backends")
-        callspec = getattr(item, "callspec", None)
-        module = item.nodeid.split("::")[0]
-        if callspec is not None and "backend" in callspec.params:
-            item.add_marker(pytest.mark.xdist_group(f"{callspec.params['backend']}:{module}"))
-        elif m:
-            item.add_marker(pytest.mark.xdist_group(f"{'keras' if 'keras' in m.args else m.args[-1]}:{module}"))
-        if m:
-            absent = [n for n in m.args if n not in sel.backends]
-            missing = [sel.missing[n] for n in m.args if n in sel.missing]
-            if absent:
-                item.add_marker(pytest.mark.skip(reason=f"needs backends {', '.join(absent)}: add them to --backend"))
-            elif missing:
-                item.add_marker(pytest.mark.skip(reason=missing[0]))
+    sel = config.stash.get(SELECTION_KEY, None)
+    if sel is None:
+        sel = Selection.from_options(config.getoption("equivtest_backend"), config.getoption("equivtest_device"),
+                                     config.getoption("equivtest_features"))
+        config.stash[SELECTION_KEY] = sel
+    return sel
 
 
 @pytest.fixture(scope="session")
 def equivtest_selection(request):
-    """The session's backends, devices and features (``equivtest.session.Selection``)."""
-    return _selection(request.config)
+    """equivtest's backends, devices and features for this session (``equivtest.session.Selection``)."""
+    from .errors import InputError
 
-
-@pytest.fixture(scope="session")
-def backend(request, equivtest_selection):
-    """A backend instance; a backend that is not installed is skipped with the extra to install."""
-    from . import backends
-
-    name = request.param
-    if name in equivtest_selection.missing:
-        pytest.skip(equivtest_selection.missing[name])
-    return backends.get(name)
-
-
-@pytest.fixture(scope="session")
-def device(request, equivtest_selection, backend):
-    """The device for ``backend`` (``cpu``, ``cuda:0``, ...); skipped where the backend cannot use it."""
-    reason = equivtest_selection.device_skip_reason(backend.name, request.param)
-    if reason:
-        pytest.skip(reason)
-    return backend.resolve_device(request.param)
-
-
-@pytest.fixture(scope="session")
-def dataset(equivtest_selection):
-    """The features under test (``--features``), split 80/20."""
-    return equivtest_selection.dataset()
-
-
-@pytest.fixture
-def plan():
-    """A small, fast default plan for the suite: SGD, batch 64, 3 epochs, dropout 0.5, float32."""
-    from .plan import Plan
-
-    return Plan(epochs=3, batch_size=64, lr=1e-2, optimizer="sgd", dropout=0.5, seed=20180520, dtype="float32")
-
-
-@pytest.fixture(scope="session")
-def reference():
-    """A factory: the NumPy float64 oracle matching a backend's conventions."""
-    from .backends.numpy import reference_for
-
-    return reference_for
+    try:
+        return selection(request.config)
+    except InputError as exc:
+        raise pytest.UsageError(str(exc)) from None

@@ -1,4 +1,6 @@
-"""The plugin's options, usage errors, report header and parametrisation (in a subprocess)."""
+"""The plugins in a subprocess: the pytest11 plugin changes no other project's run; the suite's plugin
+(``-p equivtest.suite.plugin``, or loaded by the suite itself) gives options, usage errors, the report
+header and the parametrisation."""
 
 import importlib.util
 
@@ -7,6 +9,7 @@ import pytest
 from equivtest.errors import InputError
 from equivtest.session import Selection
 
+SUITE = ("-p", "equivtest.suite.plugin")  # what a project asks for to use the suite's fixtures and options
 PROBE = """
 def test_probe(backend, device):
     assert backend.name in ("numpy", "torch", "keras")
@@ -32,7 +35,7 @@ def _cuda_present():
 
 def test_ids_and_header_for_a_named_backend(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess("--backend=numpy", "-v", "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess(*SUITE, "--backend=numpy", "-v", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([
         "equivtest backends: numpy (numpy *; devices: cpu only)",
@@ -45,21 +48,21 @@ def test_ids_and_header_for_a_named_backend(pytester):
 def test_environment_variable_stands_in_for_the_flag(pytester, monkeypatch):
     monkeypatch.setenv("EQUIVTEST_BACKEND", "numpy")
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess(*SUITE, "--collect-only", "-q", "-p", "no:cacheprovider")
     res.stdout.fnmatch_lines(["*test_probe?numpy-cpu?"])
     res.stdout.no_fnmatch_line("*torch-cpu*")
 
 
 def test_unknown_backend_is_a_usage_error_listing_valid_names(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess("--backend=tensorflow2")
+    res = pytester.runpytest_subprocess(*SUITE, "--backend=tensorflow2")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*unknown backend 'tensorflow2'; valid names: numpy, torch, keras*"])
 
 
 def test_unknown_device_is_a_usage_error(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess("--device=tpu")
+    res = pytester.runpytest_subprocess(*SUITE, "--device=tpu")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*unknown device 'tpu'*"])
 
@@ -67,7 +70,7 @@ def test_unknown_device_is_a_usage_error(pytester):
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA device is present here")
 def test_absent_gpu_asked_for_is_a_usage_error_not_a_skip(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess("--device=cuda")
+    res = pytester.runpytest_subprocess(*SUITE, "--device=cuda")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*device 'cuda'*"])
 
@@ -76,7 +79,7 @@ def test_bad_features_file_is_a_usage_error_with_the_one_line_message(pytester):
     pytester.makepyfile(PROBE)
     bad = pytester.path / "gap_bad.h5"
     bad.write_text("not hdf5")
-    res = pytester.runpytest_subprocess(f"--features={bad}", "--backend=numpy")
+    res = pytester.runpytest_subprocess(*SUITE, f"--features={bad}", "--backend=numpy")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines([f"*features file '{bad}': is not an HDF5 file*"])
     assert "Traceback" not in res.stderr.str()
@@ -87,9 +90,9 @@ def test_features_option_loads_a_named_source(pytester):
 def test_shape(dataset):
     assert dataset.shape == (569, 30)
 """)
-    res = pytester.runpytest_subprocess("--features=breast-cancer", "--backend=numpy")
+    res = pytester.runpytest_subprocess(*SUITE, "--features=breast-cancer", "--backend=numpy")
     res.assert_outcomes(passed=1)
-    res.stdout.fnmatch_lines(["equivtest features: breast-cancer (569 x 30; 455 train / 114 val)"])
+    res.stdout.fnmatch_lines(["equivtest features: breast-cancer (569 x 30; 456 train / 113 val)"])
 
 
 def test_named_missing_backend_is_a_usage_error_unnamed_is_a_skip(monkeypatch):
@@ -110,7 +113,67 @@ _real = importlib.util.find_spec
 importlib.util.find_spec = lambda name, *a, **k: None if name == "keras" else _real(name, *a, **k)
 """)
     pytester.makepyfile(test_probe=PROBE)
-    res = pytester.runpytest_subprocess("-p", "hide_keras", "-rs", "-p", "no:cacheprovider", "test_probe.py",
+    res = pytester.runpytest_subprocess(*SUITE, "-p", "hide_keras", "-rs", "-p", "no:cacheprovider", "test_probe.py",
                                         "-k", "keras")
     res.assert_outcomes(skipped=1)
     res.stdout.fnmatch_lines(["*backend 'keras' needs *keras, which is not installed: pip install 'equivtest?tensorflow?'*"])
+
+
+NEIGHBOUR_CONFTEST = """
+import pytest
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", default="sqlite")
+    parser.addoption("--features", default="none")
+
+@pytest.fixture
+def backend():
+    return "sqlite"
+
+@pytest.fixture
+def device():
+    return "printer"
+"""
+NEIGHBOUR_TEST = """
+def test_mine(backend, device, request):
+    assert backend == "sqlite" and device == "printer"
+    assert request.config.getoption("--backend") == "postgres"
+    assert request.config.getoption("--features") == "mine"
+"""
+
+
+def test_a_neighbouring_project_with_its_own_fixtures_and_options_runs_unchanged(pytester, monkeypatch):
+    """Installed equivtest (its pytest11 plugin) adds no clashing option, parametrisation or header."""
+    monkeypatch.setenv("EQUIVTEST_BACKEND", "numpy")  # not this project's business either
+    pytester.makeconftest(NEIGHBOUR_CONFTEST)
+    pytester.makepyfile(test_mine=NEIGHBOUR_TEST)
+    res = pytester.runpytest_subprocess("--backend=postgres", "--features=mine", "-v", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)  # once, not once per equivtest backend
+    res.stdout.fnmatch_lines(["*test_mine.py::test_mine PASSED*"])
+    res.stdout.no_fnmatch_line("equivtest*")  # no header lines
+    assert "equivtest" in res.stdout.str()  # ... though the plugin is loaded (listed under plugins:)
+
+
+def test_the_pytest11_plugin_offers_only_prefixed_options_and_one_fixture(pytester):
+    pytester.makepyfile("""
+def test_sel(equivtest_selection):
+    assert equivtest_selection.backends == ["numpy"]
+""")
+    res = pytester.runpytest_subprocess("--equivtest-backend=numpy", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+    res = pytester.runpytest_subprocess("--backend=numpy", "-p", "no:cacheprovider")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR  # the short option exists only where the suite runs
+
+
+def test_the_suite_is_detected_on_the_command_line():
+    from pathlib import Path
+
+    import equivtest.suite
+    from equivtest.plugin import runs_the_suite
+
+    suite = Path(equivtest.suite.__file__).parent
+    assert runs_the_suite(["--pyargs", "equivtest.suite", "--backend=torch"])
+    assert runs_the_suite(["--pyargs", "equivtest.suite.test_params::test_seed_counts"])
+    assert runs_the_suite([str(suite / "test_params.py")])
+    assert not runs_the_suite(["equivtest.suite"])  # a path that does not exist, without --pyargs
+    assert not runs_the_suite(["--pyargs", "mypackage.tests", "tests/"])

@@ -13,6 +13,8 @@ from equivtest.heads import sigmoid_to_softmax, softmax_to_sigmoid
 from equivtest.plan import Optimizer
 from equivtest.rules import sigmoid_plan
 
+from .helpers import train_pair
+
 TOL = TOLERANCES["float32"]
 DTYPES = pytest.mark.parametrize("dtype", ["float32", "float64"])
 
@@ -23,28 +25,18 @@ def _dtype(backend, plan, dtype):
     return plan.replace(dtype=dtype)
 
 
-def pair(backend, device, dataset, plan, softmax_init=None, sig_plan=None):
-    w = softmax_init if softmax_init is not None else plan.initial_weights("softmax", dataset.n_features)
-    try:
-        soft = backend.train("softmax", w, plan, dataset, device=device)
-        sig = backend.train("sigmoid", softmax_to_sigmoid(w), sig_plan or sigmoid_plan(plan), dataset, device=device)
-    except NotImplementedError as exc:
-        pytest.skip(str(exc))
-    return soft, sig
-
-
 @pytest.mark.parametrize("optimizer, lr", [("rmsprop", 1e-3), ("adagrad", 1e-2), ("adamw", 1e-3)])
 @DTYPES
 def test_adaptive_optimizers_lr_x2(backend, device, dataset, plan, optimizer, lr, dtype):
     plan = _dtype(backend, plan, dtype)
     p = plan.replace(optimizer=optimizer, lr=lr)
-    assert_trajectories_close(*pair(backend, device, dataset, p), **TOLERANCES[p.dtype])
+    assert_trajectories_close(*train_pair(backend, p, dataset, device=device), **TOLERANCES[p.dtype])
 
 
 @pytest.mark.parametrize("optimizer, lr", [("rmsprop", 1e-3), ("adagrad", 1e-2), ("adamw", 1e-3)])
 def test_adaptive_optimizers_break_at_the_same_lr(backend, device, dataset, plan, optimizer, lr):
     p = plan.replace(optimizer=optimizer, lr=lr)
-    assert_trajectories_differ(*pair(backend, device, dataset, p, sig_plan=sigmoid_plan(p, factor=1.0)), **TOL)
+    assert_trajectories_differ(*train_pair(backend, p, dataset, device=device, sig_plan=sigmoid_plan(p, factor=1.0)), **TOL)
 
 
 COUPLED = {
@@ -52,7 +44,7 @@ COUPLED = {
     "momentum+l2": (Optimizer("sgd", momentum=0.9, weight_decay=0.05), 1e-2),
 }
 DECOUPLED = {
-    "adamw": (Optimizer("adamw", weight_decay=0.05, decay="decoupled"), 1e-3),
+    "adamw": (Optimizer("adamw", weight_decay=0.5, decay="decoupled"), 1e-3),  # lr x wd per step: 5e-4
     "sgd+wd": (Optimizer("sgd", weight_decay=0.05, decay="decoupled"), 1e-2),
 }
 
@@ -63,7 +55,7 @@ def test_weight_decay_lr_x2_decay_half(backend, device, dataset, plan, case, dty
     plan = _dtype(backend, plan, dtype)
     opt, lr = {**COUPLED, **DECOUPLED}[case]
     p = plan.replace(optimizer=opt, lr=lr)
-    assert_trajectories_close(*pair(backend, device, dataset, p), **TOLERANCES[p.dtype])
+    assert_trajectories_close(*train_pair(backend, p, dataset, device=device), **TOLERANCES[p.dtype])
 
 
 @pytest.mark.parametrize("case", list(COUPLED) + list(DECOUPLED))
@@ -71,7 +63,7 @@ def test_weight_decay_breaks_without_halving(backend, device, dataset, plan, cas
     opt, lr = {**COUPLED, **DECOUPLED}[case]
     p = plan.replace(optimizer=opt, lr=lr)
     wrong = p.replace(lr=2 * lr)  # lr x 2 but the same decay: decays beta twice as fast
-    assert_trajectories_differ(*pair(backend, device, dataset, p, sig_plan=wrong), **TOL)
+    assert_trajectories_differ(*train_pair(backend, p, dataset, device=device, sig_plan=wrong), **TOL)
 
 
 @DTYPES
@@ -80,13 +72,13 @@ def test_adam_coupled_l2_holds_from_a_zero_null_space_component(backend, device,
     p = plan.replace(optimizer=Optimizer("adam", weight_decay=0.05), lr=1e-3)
     w = sigmoid_to_softmax(softmax_to_sigmoid(p.initial_weights("softmax", dataset.n_features)), "symmetric")
     np.testing.assert_array_equal(w.kernel[:, 0] + w.kernel[:, 1], 0)
-    assert_trajectories_close(*pair(backend, device, dataset, p, softmax_init=w), **TOLERANCES[p.dtype])
+    assert_trajectories_close(*train_pair(backend, p, dataset, device=device, softmax_init=w), **TOLERANCES[p.dtype])
 
 
 def test_adam_coupled_l2_breaks_from_a_glorot_init(backend, device, dataset, plan):
     """w0 + w1 != 0: the L2 terms make g0 != -g1, and Adam normalises them apart."""
     p = plan.replace(optimizer=Optimizer("adam", weight_decay=0.05), lr=1e-3)
-    assert_trajectories_differ(*pair(backend, device, dataset, p), **TOL)
+    assert_trajectories_differ(*train_pair(backend, p, dataset, device=device), **TOL)
 
 
 @pytest.mark.parametrize("smoothing", [0.1, 0.3])
@@ -94,20 +86,20 @@ def test_adam_coupled_l2_breaks_from_a_glorot_init(backend, device, dataset, pla
 def test_label_smoothing_same_epsilon(backend, device, dataset, plan, smoothing, dtype):
     plan = _dtype(backend, plan, dtype)
     p = plan.replace(label_smoothing=smoothing)
-    assert_trajectories_close(*pair(backend, device, dataset, p), **TOLERANCES[p.dtype])
+    assert_trajectories_close(*train_pair(backend, p, dataset, device=device), **TOLERANCES[p.dtype])
 
 
 def test_label_smoothing_breaks_with_another_epsilon(backend, device, dataset, plan):
     p = plan.replace(label_smoothing=0.2)
     wrong = sigmoid_plan(p).replace(label_smoothing=0.1)  # "e / K" mistaken for the sigmoid's e
-    assert_trajectories_differ(*pair(backend, device, dataset, p, sig_plan=wrong), **TOL)
+    assert_trajectories_differ(*train_pair(backend, p, dataset, device=device, sig_plan=wrong), **TOL)
 
 
 @DTYPES
 def test_class_weights_same_weights(backend, device, dataset, plan, dtype):
     plan = _dtype(backend, plan, dtype)
     p = plan.replace(class_weight=(1.0, 3.0))
-    soft, sig = pair(backend, device, dataset, p)
+    soft, sig = train_pair(backend, p, dataset, device=device)
     assert_trajectories_close(soft, sig, **TOLERANCES[p.dtype])
     unweighted = backend.train("softmax", p.initial_weights("softmax", dataset.n_features),
                                p.replace(class_weight=None), dataset, device=device)
@@ -116,7 +108,7 @@ def test_class_weights_same_weights(backend, device, dataset, plan, dtype):
 
 def test_class_weights_break_when_swapped(backend, device, dataset, plan):
     p = plan.replace(class_weight=(1.0, 3.0))
-    assert_trajectories_differ(*pair(backend, device, dataset, p, sig_plan=sigmoid_plan(p).replace(
+    assert_trajectories_differ(*train_pair(backend, p, dataset, device=device, sig_plan=sigmoid_plan(p).replace(
         class_weight=(3.0, 1.0))), **TOL)
 
 

@@ -1,9 +1,9 @@
-"""Regression baselines: a small fixed run per backend, head and dtype, in tests/test_regression/.
+"""Regression baselines: a small fixed run per backend, head and dtype, in equivtest/suite/test_regression/.
 
 A framework upgrade that moves a trajectory fails here with the figures, the
 framework versions and machine that wrote the baseline, and the current ones.
 The files are written by the code, on purpose: regenerate with
-``pytest tests/test_regression.py --force-regen`` and commit the ``.npz`` files
+``pytest equivtest/suite/test_regression.py --force-regen`` and commit the ``.npz`` files
 with their ``.meta.json``.
 """
 

@@ -1,9 +1,10 @@
 """Softmax at lr vs sigmoid at 2 lr from converted weights, shared plan, in each backend."""
 
 import pytest
-from helpers import seed_trio
 
 from equivtest.compare import TOLERANCES, assert_trajectories_close, assert_trajectories_differ
+
+from .helpers import train_pair
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adam"]
 
@@ -18,7 +19,7 @@ def test_trajectory(backend, device, dataset, plan, optimizer, dtype):
     if dtype == "float64" and not backend.supports_float64:
         pytest.skip(f"backend '{backend.name}' does not support float64")
     p = _plan(plan, optimizer, dtype)
-    _, soft, sig = seed_trio(backend, p, dataset, device=device)
+    soft, sig = train_pair(backend, p, dataset, device=device)
     cmp = assert_trajectories_close(soft, sig, **TOLERANCES[dtype])
     assert cmp.fields["step_loss"].n == p.epochs * p.steps_per_epoch(len(dataset.y_train))
     assert soft.epoch_loss[-1] < soft.step_loss[0]  # it trained
@@ -27,7 +28,7 @@ def test_trajectory(backend, device, dataset, plan, optimizer, dtype):
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_negative_control_sigmoid_at_softmax_rate(backend, device, dataset, plan, optimizer):
     p = _plan(plan, optimizer, "float32")
-    _, soft, sig = seed_trio(backend, p, dataset, device=device, factor=1.0)
+    soft, sig = train_pair(backend, p, dataset, device=device, factor=1.0)
     assert_trajectories_differ(soft, sig, **TOLERANCES["float32"])
 
 

@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
-from helpers import seed_trio
 
 from equivtest.backends.numpy import Backend as NumpyBackend
 from equivtest.compare import assert_trajectories_close, assert_trajectories_differ
 from equivtest.data import surrogate
 from equivtest.plan import Plan
 from equivtest.trajectory import Trajectory
+
+from .helpers import train_pair
 
 DATA = surrogate(600, 32, seed=5)
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adam"]
@@ -23,7 +24,7 @@ def oracle():
 def test_softmax_and_sigmoid_at_twice_the_rate_follow_one_path(oracle, optimizer):
     plan = Plan(epochs=3, batch_size=32, lr=0.05 if optimizer != "adam" else 0.01, optimizer=optimizer,
                 dtype="float64")
-    _, soft, sig = seed_trio(oracle, plan, DATA)
+    soft, sig = train_pair(oracle, plan, DATA)
     assert_trajectories_close(soft, sig, atol=1e-12)
     np.testing.assert_array_equal(soft.val_accuracy, sig.val_accuracy)
 
@@ -32,7 +33,7 @@ def test_softmax_and_sigmoid_at_twice_the_rate_follow_one_path(oracle, optimizer
 def test_negative_control_sigmoid_at_the_same_rate_differs(oracle, optimizer):
     plan = Plan(epochs=3, batch_size=32, lr=0.05 if optimizer != "adam" else 0.01, optimizer=optimizer,
                 dtype="float64")
-    _, soft, sig = seed_trio(oracle, plan, DATA, factor=1.0)
+    soft, sig = train_pair(oracle, plan, DATA, factor=1.0)
     cmp = assert_trajectories_differ(soft, sig, atol=1e-12)
     assert cmp.fields["step_loss"].max_abs >= 1e-3
 

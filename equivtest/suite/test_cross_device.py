@@ -26,9 +26,9 @@ def test_gpu_matches_cpu_with_tf32_off(backend, device, dataset, plan, head, opt
 
 
 def test_gpu_heads_equivalent(backend, device, dataset, plan):
-    from helpers import seed_trio
+    from .helpers import train_pair
 
-    _, soft, sig = seed_trio(backend, plan, dataset, device=_gpu(backend, device))
+    soft, sig = train_pair(backend, plan, dataset, device=_gpu(backend, device))
     assert_trajectories_close(soft, sig, **TOL)
 
 
