@@ -12,6 +12,7 @@ line on stderr, no traceback); 130 interrupted (after writing what finished).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -70,18 +71,13 @@ class Interrupts:
             return
         raise KeyboardInterrupt
 
+    @contextlib.contextmanager
     def deferred(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def _cm():
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-
-        return _cm()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -224,7 +220,7 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
 
     from . import atomic
     from .experiment import run_experiment
-    from .report import markdown, plot, text, write_json
+    from .report import PLOT_FILES, markdown, plot, text, write_json
 
     interrupts = interrupts or Interrupts()
     prog = Progress(len(names) * 3 * plan.epochs, sys.stderr, args.quiet)  # stdout stays for the table / JSON
@@ -247,8 +243,7 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
             print("plots skipped: matplotlib is not installed (pip install 'equivtest[plot]')", file=sys.stderr)
         except KeyboardInterrupt:  # the plots written so far stay; the report says the run was interrupted
             res.interrupted = True
-            plots = [p for p in (out / n for n in ("loss_curves.png", "val_loss_diff.png", "step_loss_gap.png"))
-                     if p.exists()]
+            plots = [out / n for n in PLOT_FILES if (out / n).exists()]
     with interrupts.deferred():  # a SIGINT now is recorded; the reports are finished first
         checkpoint("write")
         res.interrupted = res.interrupted or interrupts.pending

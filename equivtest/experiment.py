@@ -193,13 +193,15 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
     d = dataset.n_features
     lrs = {"softmax": res.plan.lr, "sigmoid_converted": res.lr_factor * res.plan.lr,
            "sigmoid_random": res.lr_factor * res.plan.lr}
+    largest = None  # the features' largest magnitude, computed once if a run stopped
     for name, br in res.results.items():
         for run, exc in br.stopped.items():
-            big = float(np.max(np.abs(dataset.X)))
+            if largest is None:
+                largest = float(np.max(np.abs(dataset.X)))
             checks.append(Check(
-                "non_finite", name, float(exc.step), 0.0, "never",
-                f"{str(exc).split(': ', 1)[-1] if str(exc).startswith('backend') else exc} in run {run}; "
-                f"likely causes: the features' largest magnitude is {big:.3g} (pooled CNN features are "
+                "non_finite", name, float(exc.step if exc.step is not None else -1), 0.0, "never",
+                f"{exc} in run {run}; "
+                f"likely causes: the features' largest magnitude is {largest:.3g} (pooled CNN features are "
                 f"O(1): standardise or rescale them), the learning rate is {lrs[run]:g} (lower it)"))
         be = _registry.get(name)
         # parameter counts as the framework counts them

@@ -6,10 +6,9 @@ import os
 import platform
 from importlib import metadata
 
-#: the distributions whose versions make each backend's numbers
-DISTRIBUTIONS = {"numpy": ("numpy",), "torch": ("numpy", "torch"),
-                 "keras": ("numpy", "keras", "tensorflow", "tensorflow-cpu"),
-                 "keras-torch": ("numpy", "keras", "torch"), "keras-jax": ("numpy", "keras", "jax", "jaxlib")}
+#: the distributions whose versions make each backend's numbers (NumPy's is added by ``machine_info``)
+DISTRIBUTIONS = {"numpy": ("numpy",), "torch": ("torch",), "keras": ("keras", "tensorflow", "tensorflow-cpu"),
+                 "keras-torch": ("keras", "torch"), "keras-jax": ("keras", "jax", "jaxlib")}
 
 
 def versions(backend: str) -> dict[str, str]:
@@ -46,7 +45,7 @@ def blas() -> list[str]:
 
 def machine_info(backends=()) -> dict:
     """The machine and software that produce a figure, for baselines and reports."""
-    vers = {}
+    vers = versions("numpy")
     for b in backends:
         vers.update(versions(b))
     return {

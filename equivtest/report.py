@@ -112,6 +112,8 @@ def write_json(res: ExperimentResult, path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------- plots
+#: the plots ``plot`` writes, in order
+PLOT_FILES = ("loss_curves.png", "val_loss_diff.png", "step_loss_gap.png")
 COLORS = {"softmax": "tab:blue", "sigmoid_converted": "tab:orange", "sigmoid_random": "tab:green"}
 BACKEND_STYLES = ["-", "--", ":", "-."]
 
@@ -167,7 +169,7 @@ def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
     axes[0][-1].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"softmax @ lr vs sigmoid @ {res.lr_factor:g} lr (converted and random init)", fontsize=10)
     fig.tight_layout()
-    written.append(out / "loss_curves.png")
+    written.append(out / PLOT_FILES[0])
     _save(fig, written[-1])
     between()
 
@@ -202,7 +204,7 @@ def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    written.append(out / "val_loss_diff.png")
+    written.append(out / PLOT_FILES[1])
     _save(fig, written[-1])
     between()
 
@@ -227,7 +229,7 @@ def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    written.append(out / "step_loss_gap.png")
+    written.append(out / PLOT_FILES[2])
     _save(fig, written[-1])
     between()
     return written

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 
 from . import backends as _registry
 from .errors import InputError
@@ -42,15 +41,9 @@ def parse_devices(spec: str | None) -> list[str]:
 
 def framework_version(name: str) -> str:
     """The installed version of a backend's framework, read without importing it."""
-    dists = {"numpy": ["numpy"], "torch": ["torch"], "keras": ["keras", "tensorflow", "tensorflow-cpu"],
-             "keras-torch": ["keras", "torch"], "keras-jax": ["keras", "jax"]}[name]
-    found = []
-    for dist in dists:
-        try:
-            found.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return " / ".join(found) or "not installed"
+    from .machine import versions
+
+    return " / ".join(f"{dist} {v}" for dist, v in versions(name).items()) or "not installed"
 
 
 @dataclass

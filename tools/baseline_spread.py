@@ -1,7 +1,7 @@
 """Measure how far the regression baselines' runs move across kernel sets and thread counts.
 
-Runs the configuration of the regression baselines (``equivtest/...test_regression``:
-surrogate 400 x 24 seed 9, momentum, 2 epochs, batch 32) for every installed
+Runs the configuration of the regression baselines (``equivtest/suite/test_regression.py``:
+``DATA`` and ``baseline_plan``) for every installed
 backend, head and dtype, in subprocesses under each kernel set below, and prints
 the largest |difference| from the default run per backend and dtype.  The
 regression tolerances are set from these figures (see the constant's comment).
@@ -35,21 +35,20 @@ def run_one(backends):
     """In the subprocess: every run of the baselines, as lists."""
     threads = os.environ.get("EQUIVTEST_SPREAD_THREADS")
     from equivtest import backends as registry
-    from equivtest.data import surrogate
-    from equivtest.plan import Plan
+    from equivtest.suite.test_regression import DATA as data
+    from equivtest.suite.test_regression import baseline_plan
 
     if threads and "torch" in backends:
         import torch
 
         torch.set_num_threads(int(threads))
-    data = surrogate(400, 24, seed=9)
     out = {}
     for name in backends:
         be = registry.get(name)
         for dtype in ("float32", "float64"):
             if dtype == "float64" and not be.supports_float64:
                 continue
-            plan = Plan(epochs=2, batch_size=32, lr=0.05, optimizer="momentum", dtype=dtype)
+            plan = baseline_plan(dtype)
             for head in ("softmax", "sigmoid"):
                 t = be.train(head, plan.initial_weights(head, data.n_features), plan, data)
                 out[f"{name}/{head}/{dtype}"] = {

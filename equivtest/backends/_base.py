@@ -122,18 +122,23 @@ def batch_sizes(plan: Plan, n: int) -> np.ndarray:
     return np.tile(one, plan.epochs)
 
 
-def check_finite(backend: str, head: str, losses, first_step: int, params=()) -> None:
-    """Raise :class:`NonFiniteLoss` at the first non-finite step loss, or if a parameter is not finite.
+def all_finite(*arrays) -> bool:
+    """Whether every value of every array is finite."""
+    return all(bool(np.isfinite(np.asarray(a)).all()) for a in arrays)
+
+
+def check_finite(backend: str, head: str, losses, first_step: int, params_finite: bool = True) -> None:
+    """Raise :class:`NonFiniteLoss` at the first non-finite step loss, or if the parameters are not finite.
 
     ``losses`` are the steps ``first_step, first_step + 1, ...`` of a run (an
-    epoch, or one step); ``params`` the weights after the last of them.
+    epoch, or one step); ``params_finite`` says whether every weight after the
+    last of them is finite (each backend checks its own tensors where they live).
     """
     losses = np.asarray(losses, dtype=np.float64).ravel()
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         k = first_step + int(bad[0])
         raise NonFiniteLoss(f"non-finite loss at step {k} ({backend}, {head})", k)
-    for p in params:
-        if not np.isfinite(np.asarray(p)).all():
-            k = first_step + len(losses) - 1
-            raise NonFiniteLoss(f"non-finite weight after step {k} ({backend}, {head})", k)
+    if not params_finite:
+        k = first_step + len(losses) - 1
+        raise NonFiniteLoss(f"non-finite weight after step {k} ({backend}, {head})", k)

@@ -54,7 +54,7 @@ from keras import ops  # noqa: E402
 from ..heads import SOFTMAX, Weights  # noqa: E402
 from ..plan import Plan  # noqa: E402
 from ..trajectory import Trajectory  # noqa: E402
-from ._base import BaseBackend, batch_sizes, check_finite, epoch_logs  # noqa: E402
+from ._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs  # noqa: E402
 from ._keras_common import (  # noqa: E402
     Compiled,
     _targets,
@@ -154,7 +154,8 @@ class Backend(BaseBackend):
             c.model.fit(epoch_data, epochs=1, verbose=0, shuffle=False, class_weight=class_weight)
             losses.append(ops.convert_to_numpy(c.recorder.values))
             correct.append(ops.convert_to_numpy(c.recorder.right))
-            check_finite(self.name, head, losses[-1], epoch * steps, [ops.convert_to_numpy(v) for v in c.dense.weights])
+            check_finite(self.name, head, losses[-1], epoch * steps,
+                         all_finite(*(ops.convert_to_numpy(v) for v in c.dense.weights)))
             if record_history:
                 history.append(ops.convert_to_numpy(c.recorder.history))
             ev = c.evaluator.evaluate(val_ds, verbose=0, return_dict=True)

@@ -65,8 +65,13 @@ class Backend(BaseBackend):
             kind, message = value
             from ..errors import NonFiniteLoss
 
-            raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError,
-                   "NonFiniteLoss": NonFiniteLoss}.get(kind, RuntimeError)(f"backend '{self.name}': {message}")
+            if kind == "NonFiniteLoss":  # its message already names the backend, the head and the step
+                import re
+
+                step = re.search(r"step (\d+)", message)
+                raise NonFiniteLoss(message, int(step.group(1)) if step else None)
+            raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError}.get(kind, RuntimeError)(
+                f"backend '{self.name}': {message}")
         return value
 
     def close(self):
@@ -164,7 +169,7 @@ class _Worker:
 
     def train(self, head, init, plan, data, masks, record_history):
         from ..trajectory import Trajectory
-        from ._base import batch_sizes, check_finite
+        from ._base import all_finite, batch_sizes, check_finite
         from ._keras_common import _targets, build, floatx, reset_optimizer
 
         ops = self.keras.ops
@@ -189,7 +194,7 @@ class _Worker:
                 losses.append(ops.convert_to_numpy(c.recorder.values))
                 correct.append(ops.convert_to_numpy(c.recorder.right))
                 check_finite(self.name, head, losses[-1], epoch * steps,
-                             [ops.convert_to_numpy(v) for v in c.dense.weights])
+                             all_finite(*(ops.convert_to_numpy(v) for v in c.dense.weights)))
                 if record_history:
                     history.append(ops.convert_to_numpy(c.recorder.history))
                 ev = c.evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0, return_dict=True)

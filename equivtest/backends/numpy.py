@@ -36,7 +36,7 @@ from ..heads import SOFTMAX, UNITS, Weights, check_head, sigmoid, sigmoid_coordi
 from ..heads import predict_proba as _predict_proba
 from ..plan import Optimizer, Plan
 from ..trajectory import Trajectory
-from ._base import BaseBackend, batch_sizes, check_finite, epoch_logs
+from ._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs
 
 
 class Backend(BaseBackend):
@@ -110,7 +110,7 @@ class Backend(BaseBackend):
                 opt.step([xb.T @ gz, gz.sum(axis=0)])
                 if history is not None:
                     history.append(sigmoid_coordinates(K, b))
-            check_finite(self.name, head, [], len(losses), (K, b))
+            check_finite(self.name, head, [], len(losses), all_finite(K, b))
             Wv = plan.focal_weights(head, data.y_val) if gamma is not None else None
             vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, Tv, Wv, grad=False, gamma=gamma)
             val_loss.append(vl)

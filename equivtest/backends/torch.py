@@ -305,7 +305,7 @@ class Backend(BaseBackend):
                 right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
                 step_losses.append(losses.cpu().numpy())
                 check_finite(self.name, head, step_losses[-1], epoch * len(bounds),
-                             (bool(torch.isfinite(layer.weight).all() & torch.isfinite(layer.bias).all()),))
+                             bool(torch.isfinite(layer.weight).all() & torch.isfinite(layer.bias).all()))
                 step_logits.append(right)
                 vl, va = self._evaluate(head, layer, loss_fn, Xv, yv, yv_t)
                 val_loss.append(vl)

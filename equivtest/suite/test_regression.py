@@ -33,6 +33,11 @@ DATA = surrogate(400, 24, seed=9)
 BASELINE_TOL = {"float32": {"atol": 1e-5, "rtol": 0.0}, "float64": {"atol": 1e-14, "rtol": 0.0}}
 
 
+def baseline_plan(dtype: str) -> Plan:
+    """The baselines' run (also measured by ``tools/baseline_spread.py``)."""
+    return Plan(epochs=2, batch_size=32, lr=0.05, optimizer="momentum", dtype=dtype)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
 def test_baseline(backend, device, head, dtype, request, datadir, original_datadir):
@@ -41,7 +46,7 @@ def test_baseline(backend, device, head, dtype, request, datadir, original_datad
     if dtype == "float64" and not backend.supports_float64:
         pytest.skip(f"backend '{backend.name}' does not support float64")
     ndarrays_regression = request.getfixturevalue("ndarrays_regression")  # pytest-regressions (extra 'test')
-    plan = Plan(epochs=2, batch_size=32, lr=0.05, optimizer="momentum", dtype=dtype)
+    plan = baseline_plan(dtype)
     t = backend.train(head, plan.initial_weights(head, DATA.n_features), plan, DATA, device=device)
     data = {"step_loss": t.step_loss, "val_loss": t.val_loss, "val_accuracy": t.val_accuracy,
             "kernel": np.asarray(t.weights.kernel, dtype=np.float64)}
