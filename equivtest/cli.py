@@ -205,6 +205,9 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
 
     human = sys.stderr if args.json else sys.stdout
     sel = Selection.from_options(args.backend, args.device, args.features)
+    if len(sel.devices) > 1:  # one report describes one device (numpy stays on the CPU regardless)
+        raise InputError(f"--device takes one device for 'equivtest run', got {len(sel.devices)}: "
+                         f"{', '.join(sel.devices)} (run once per device)")
     if not 0.0 <= args.dropout < 1.0:
         raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
     plan = Plan(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,

@@ -154,10 +154,6 @@ class TrajectoryComparison:
     def max_abs(self) -> float:
         return max((c.max_abs for c in self.fields.values()), default=0.0)
 
-    def first_split(self) -> int | None:
-        c = self.fields.get("step_loss")
-        return None if c is None else c.first
-
     def describe(self) -> str:
         head = f"{self.a_label} vs {self.b_label}: " + ("agree" if self.ok else "SPLIT")
         lines = [head] + ["  " + c.describe() for c in self.fields.values()]

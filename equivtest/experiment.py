@@ -33,7 +33,8 @@ from .rules import needs_symmetric_init, sigmoid_plan
 from .trajectory import Trajectory
 
 RUNS = ("softmax", "sigmoid_converted", "sigmoid_random")
-MASK_MODES = ("shared", "independent")
+#: whether the three runs share the plan's dropout masks or each draws its own (the seed's setting)
+MASK_SHARING = ("shared", "independent")
 
 
 @dataclass
@@ -130,8 +131,8 @@ def seed_reference() -> dict:
 
 def run_specs(plan: Plan, d: int, masks: str = "shared", factor: float | None = None):
     """(name, head, initial weights, plan) for the three runs; the sigmoid's lr is ``factor`` x lr (2)."""
-    if masks not in MASK_MODES:
-        raise ValueError(f"masks must be one of {', '.join(MASK_MODES)}, got {masks!r}")
+    if masks not in MASK_SHARING:
+        raise ValueError(f"masks must be one of {', '.join(MASK_SHARING)}, got {masks!r}")
     w = plan.initial_weights("softmax", d)
     if needs_symmetric_init(plan):  # coupled L2 with an adaptive optimizer: the rule needs w0 + w1 = 0
         w = sigmoid_to_softmax(softmax_to_sigmoid(w), "symmetric")
@@ -245,8 +246,7 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             ta, tb = res.results[a].runs["softmax"], res.results[b].runs["softmax"]
-            same_eps = (getattr(_registry.get(a), "epsilon_convention", None)
-                        == getattr(_registry.get(b), "epsilon_convention", None))
+            same_eps = _registry.info(a).epsilon_convention == _registry.info(b).epsilon_convention
             gap = compare_trajectories(ta, tb, dtype="float32").fields["step_loss"].max_abs
             if res.plan.optimizer.name != "sgd" and not same_eps:
                 detail = ("softmax step_loss; the frameworks place the optimizer's epsilon differently "

@@ -124,10 +124,15 @@ def sigmoid_to_softmax(w: Weights, split: str = "zero") -> Weights:
 
 
 def sigmoid_coordinates(kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """(beta, c) as one vector of d + 1: the sigmoid head's own, or w1 - w0, b1 - b0 for a softmax head."""
-    if kernel.shape[1] == 2:
-        return np.concatenate([kernel[:, 1] - kernel[:, 0], [bias[1] - bias[0]]])
-    return np.concatenate([kernel[:, 0], bias[:1]])
+    """(beta, c) as one vector of d + 1: the sigmoid head's own, or w1 - w0, b1 - b0 for a softmax head.
+
+    Leading axes are batch axes: kernels (..., d, k) and biases (..., k) give (..., d + 1),
+    e.g. a run's per-step parameter history at once.
+    """
+    kernel, bias = np.asarray(kernel), np.asarray(bias)
+    if kernel.shape[-1] == 2:
+        return np.concatenate([kernel[..., 1] - kernel[..., 0], bias[..., 1:] - bias[..., :1]], axis=-1)
+    return np.concatenate([kernel[..., 0], bias[..., :1]], axis=-1)
 
 
 def to_torch_layout(w: Weights) -> tuple[np.ndarray, np.ndarray]:

@@ -6,15 +6,15 @@ import os
 import platform
 from importlib import metadata
 
-#: the distributions whose versions make each backend's numbers (NumPy's is added by ``machine_info``)
-DISTRIBUTIONS = {"numpy": ("numpy",), "torch": ("torch",), "keras": ("keras", "tensorflow", "tensorflow-cpu"),
-                 "keras-torch": ("keras", "torch"), "keras-jax": ("keras", "jax", "jaxlib")}
-
 
 def versions(backend: str) -> dict[str, str]:
-    """Installed versions of the distributions behind ``backend``, read without importing them."""
+    """Installed versions of the distributions behind ``backend`` (as its registry entry declares them),
+    read without importing them."""
+    from .backends import REGISTRY
+
     out = {}
-    for dist in DISTRIBUTIONS.get(backend, ("numpy",)):
+    dists = REGISTRY[backend].distributions if backend in REGISTRY else (backend,)
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass, field
 
 from . import backends as _registry
+from .devices import Device
+from .devices import parse_devices as _parse_devices
 from .errors import InputError
 
-DEVICE_CHOICES = ("cpu", "cuda", "mps", "auto")
 #: the suite's default features: a small surrogate, fast on 2 cores
 DEFAULT_TEST_FEATURES = "synthetic:2000x128"
 
@@ -23,20 +24,8 @@ ENV_FEATURES = "EQUIVTEST_FEATURES"
 
 
 def parse_devices(spec: str | None) -> list[str]:
-    """``"cpu,cuda"`` -> ``["cpu", "cuda"]``; ``cuda:N`` allowed; unknown names fail."""
-    if spec is None or not str(spec).strip():
-        return ["cpu"]
-    out = []
-    for raw in str(spec).split(","):
-        name = raw.strip().lower()
-        if not name:
-            continue
-        base = name.split(":")[0]
-        if base not in DEVICE_CHOICES or (":" in name and (base != "cuda" or not name.split(":")[1].isdigit())):
-            raise InputError(f"unknown device {raw.strip()!r}; valid names: {', '.join(DEVICE_CHOICES)} (or cuda:N)")
-        if name not in out:
-            out.append(name)
-    return out or ["cpu"]
+    """``"cpu,cuda"`` -> ``["cpu", "cuda"]``: the names of :func:`equivtest.devices.parse_devices`."""
+    return [str(d) for d in _parse_devices(spec)]
 
 
 def framework_version(name: str) -> str:
@@ -90,11 +79,9 @@ class Selection:
 
         Imports the frameworks concerned (only when a non-CPU device was named).
         """
-        wanted = [d for d in self.devices if d not in ("cpu", "auto")]
-        if not wanted:
-            return
+        wanted = [d for d in self.devices if Device.parse(d).is_accelerator]
         for dev in wanted:
-            kind = dev.split(":")[0]
+            kind = Device.parse(dev).kind
             able = [n for n in self.installed if kind in _registry.info(n).device_kinds]
             if not able:
                 raise InputError(
@@ -106,9 +93,9 @@ class Selection:
                 be.resolve_device(dev)  # raises DeviceUnavailable (an InputError) if absent
 
     def device_skip_reason(self, backend: str, device: str) -> str | None:
-        kind = device.split(":")[0]
+        kind = Device.parse(device).kind
         kinds = _registry.info(backend).device_kinds
-        if device != "auto" and kind not in kinds:
+        if kind != "auto" and kind not in kinds:
             return f"backend '{backend}' cannot use a {kind} device (it runs on: {', '.join(kinds)})"
         return None
 
@@ -131,8 +118,9 @@ class Selection:
                         if len(kinds) > 1 else " only")
 
     def header_lines(self) -> list[str]:
+        from .plan import ENV_TF32, tf32_requested
+
         lines = []
-        tf32 = os.environ.get("EQUIVTEST_TF32", "0")
         parts = []
         for name in self.backends:
             if name in self.missing:
@@ -140,9 +128,11 @@ class Selection:
             else:
                 parts.append(f"{name} ({framework_version(name)}; devices: {self._devices_of(name)})")
         lines.append("equivtest backends: " + ", ".join(parts))
+        f32_only = [n for n in self.installed if not _registry.info(n).float64]
+        dtypes = "float32, float64" + (f" ({', '.join(f32_only)}: float32 only)" if f32_only else "")
         lines.append(
-            f"equivtest devices: {', '.join(self.devices)}; dtypes float32, float64; "
-            f"TF32 {'on' if tf32.lower() in ('1', 'true', 'yes', 'on') else 'off'} (EQUIVTEST_TF32)"
+            f"equivtest devices: {', '.join(self.devices)}; dtypes {dtypes}; "
+            f"TF32 {'on' if tf32_requested() else 'off'} ({ENV_TF32})"
         )
         feat = self.features
         if self._dataset is not None:

@@ -18,12 +18,26 @@ from ..errors import BackendUnavailable, InputError
 
 @dataclass(frozen=True)
 class BackendInfo:
+    """What a backend is and can do, declared once and read without importing its framework.
+
+    The registry, the report header, the plugin's skips and the backend
+    instances (``BaseBackend.supports_float64``, ``epsilon_convention``) all
+    read this declaration.
+    """
+
     name: str
     module: str
     requires: tuple[str, ...]  # top-level modules that must be importable
     extra: str | None  # the pip extra that installs them
     framework: str
-    device_kinds: tuple[str, ...] = ("cpu",)  # which kinds of device it can ever use (a capability)
+    device_kinds: tuple[str, ...] = ("cpu",)  # which kinds of device it can ever use
+    float64: bool = True  # trains at float64 precision when the plan says so
+    #: where Adam's epsilon enters: "torch" (after bias correction) or "keras" (before)
+    epsilon_convention: str = "torch"
+    #: the distributions whose versions make its numbers (report header, baselines' .meta.json)
+    distributions: tuple[str, ...] = ()
+    #: runs in a worker process of its own (Keras fixes its backend once per process)
+    worker_process: bool = False
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -40,15 +54,21 @@ class BackendInfo:
 
 #: load order matters: torch before tensorflow
 REGISTRY: dict[str, BackendInfo] = {
-    "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",)),
-    "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch", ("cpu", "cuda", "mps")),
+    "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",),
+                         distributions=("numpy",)),
+    "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch", ("cpu", "cuda", "mps"),
+                         distributions=("torch",)),
     "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow",
-                         ("cpu", "cuda")),
-    # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them)
+                         ("cpu", "cuda"), epsilon_convention="keras",
+                         distributions=("keras", "tensorflow", "tensorflow-cpu")),
+    # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them); fed float64
+    # they train at float32 precision, so they do not claim it
     "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras_isolated", ("keras", "torch"), "keras-torch",
-                               "keras"),
+                               "keras", float64=False, epsilon_convention="keras",
+                               distributions=("keras", "torch"), worker_process=True),
     "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras_isolated", ("keras", "jax"), "keras-jax",
-                             "keras"),
+                             "keras", float64=False, epsilon_convention="keras",
+                             distributions=("keras", "jax", "jaxlib"), worker_process=True),
 }
 NAMES = tuple(REGISTRY)
 #: what "every installed backend" means when none is named; the process-isolated Keras ones are opt-in
@@ -88,7 +108,9 @@ def available(name: str) -> tuple[bool, str | None]:
 
 def device_for(name: str, device: str) -> str:
     """``device`` if backend ``name`` can ever use its kind, else ``"cpu"`` (e.g. numpy with cuda)."""
-    kind = (device or "cpu").split(":")[0]
+    from ..devices import Device
+
+    kind = Device.parse(device).kind
     return device if kind == "auto" or kind in info(name).device_kinds else "cpu"
 
 
@@ -103,7 +125,7 @@ def get(name: str):
     if bi.framework == "tensorflow" and REGISTRY["torch"].unavailable_reason() is None:
         importlib.import_module("torch")  # torch before tensorflow, always
     mod = importlib.import_module(bi.module)
-    _loaded[name] = mod.Backend(name) if bi.framework == "keras" else mod.Backend()
+    _loaded[name] = mod.Backend(name) if bi.worker_process else mod.Backend()
     return _loaded[name]
 
 

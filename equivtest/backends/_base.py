@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import Dataset
+from ..devices import Device
 from ..errors import InputError, NonFiniteLoss
 from ..heads import UNITS, Weights, check_head
 from ..plan import Plan
 from ..trajectory import Trajectory, epoch_figures
 
-MASK_MODES = ("plan", "native")
+#: where a run's dropout masks come from: the plan's shared bits, or the framework's own Dropout layer
+MASK_SOURCES = ("plan", "native")
 
 
 class DeviceUnavailable(InputError):
@@ -26,10 +28,22 @@ class BaseBackend:
     #: registry name, framework distribution, what it can do
     name = "base"
     framework = "none"
-    supports_float64 = True
-    deterministic = True
-    #: where Adam's epsilon enters: "torch" (after bias correction) or "keras" (before)
-    epsilon_convention = "torch"
+
+    # -- capabilities: declared once, in the registry (``equivtest.backends.REGISTRY``) ------
+    @property
+    def capabilities(self):
+        from . import info
+
+        return info(self.name)
+
+    @property
+    def supports_float64(self) -> bool:
+        return self.capabilities.float64
+
+    @property
+    def epsilon_convention(self) -> str:
+        """Where Adam's epsilon enters: "torch" (after bias correction) or "keras" (before)."""
+        return self.capabilities.epsilon_convention
 
     # -- identity -----------------------------------------------------------------
     def version(self) -> str:
@@ -49,14 +63,11 @@ class BaseBackend:
 
     def resolve_device(self, device: str = "cpu") -> str:
         """``cuda`` -> ``cuda:0``; raise :class:`DeviceUnavailable` if it is not here."""
-        dev = (device or "cpu").strip().lower()
+        parsed = Device.parse(device)
         have = self.devices()
-        if dev == "auto":
+        if parsed.kind == "auto":
             return next((d for d in have if d != "cpu"), "cpu")
-        if dev in ("cuda", "gpu"):
-            dev = "cuda:0"
-        if dev == "mps":
-            dev = "mps" if "mps" in have else dev
+        dev = parsed.canonical
         if dev not in have:
             raise DeviceUnavailable(
                 f"device '{device}' is not available to backend '{self.name}' "
@@ -91,8 +102,8 @@ class BaseBackend:
     # -- shared helpers -----------------------------------------------------------
     def _check_train_args(self, head: str, init: Weights, plan: Plan, data: Dataset, masks: str) -> None:
         check_head(head)
-        if masks not in MASK_MODES:
-            raise InputError(f"masks must be one of {', '.join(MASK_MODES)}, got {masks!r}")
+        if masks not in MASK_SOURCES:
+            raise InputError(f"masks must be one of {', '.join(MASK_SOURCES)}, got {masks!r}")
         if init.kernel.shape != (data.n_features, UNITS[head]):
             raise ValueError(
                 f"initial weights for a {head} head on {data.n_features} features must have kernel "

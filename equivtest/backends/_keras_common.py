@@ -105,7 +105,7 @@ def _targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
     return y.astype(dtype)[:, None]
 
 
-def dense_layer(head: str, d: int, dtype: str, plan: Plan | None = None) -> keras.layers.Dense:
+def dense_layer(head: str, dtype: str, plan: Plan | None = None) -> keras.layers.Dense:
     act = "softmax" if head == SOFTMAX else "sigmoid"
     reg = {}
     if plan is not None and plan.optimizer.weight_decay and plan.optimizer.decay == "coupled":
@@ -117,7 +117,7 @@ def dense_layer(head: str, d: int, dtype: str, plan: Plan | None = None) -> kera
 
 def plain_model(head: str, d: int, dtype: str, dense=None) -> keras.Model:
     x = keras.Input((d,), dtype=dtype, name="features")
-    dense = dense or dense_layer(head, d, dtype)
+    dense = dense or dense_layer(head, dtype)
     return keras.Model(x, dense(x), name=f"{head}_eval")
 
 
@@ -170,14 +170,13 @@ def build(head: str, d: int, plan: Plan, masks: str, steps: int, record_history:
     features the model receives; ``masks="native"`` uses Keras's Dropout.
     """
     dt = plan.dtype
-    dense = dense_layer(head, d, dt, plan)
+    dense = dense_layer(head, dt, plan)
     x_in = keras.Input((d,), dtype=dt, name="features")
     if masks == "plan" and plan.dropout > 0 and masks_in_model:
         m_in = keras.Input((d,), dtype="bool", name="keep_mask")
         model = keras.Model([x_in, m_in], dense(PlanDropout(plan.mask_scale, dtype=dt)(x_in, m_in)))
     elif masks == "native" and plan.dropout > 0:
-        seed = (plan.seed * 1_000_003 + plan.mask_stream) % (2**31 - 1)  # int32 for every Keras backend
-        drop = keras.layers.Dropout(plan.dropout, seed=seed, dtype=dt)
+        drop = keras.layers.Dropout(plan.dropout, seed=plan.native_seed, dtype=dt)
         model = keras.Model(x_in, dense(drop(x_in)))
     else:
         model = keras.Model(x_in, dense(x_in))

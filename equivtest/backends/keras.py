@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-os.environ["KERAS_BACKEND"] = "tensorflow"  # 'keras' means Keras on TensorFlow here
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib  # noqa: E402
@@ -45,14 +44,29 @@ def _quiet_native_stderr():
         os.close(devnull)
 
 
-with _quiet_native_stderr():
+@contextlib.contextmanager
+def _keras_backend(name: str):
+    """``KERAS_BACKEND=name`` while Keras is imported (it reads it once), then the user's value again."""
+    before = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["KERAS_BACKEND"]
+        else:
+            os.environ["KERAS_BACKEND"] = before
+
+
+with _quiet_native_stderr(), _keras_backend("tensorflow"):  # 'keras' means Keras on TensorFlow here
     import keras  # noqa: E402
     import tensorflow as tf  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+from ..devices import Device  # noqa: E402
 from ..heads import SOFTMAX, Weights  # noqa: E402
-from ..plan import Plan  # noqa: E402
+from ..plan import Plan, tf32_requested  # noqa: E402
 from ..trajectory import Trajectory  # noqa: E402
 from ._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs  # noqa: E402
 from ._keras_common import (  # noqa: E402
@@ -76,17 +90,14 @@ tf.get_logger().setLevel("ERROR")  # a new model per run retraces by design
 
 class Backend(BaseBackend):
     name = "keras"
-    framework = "tensorflow"
-    supports_float64 = True
-    #: Keras adds Adam's epsilon to sqrt(v) before bias correction (Kingma & Ba's "epsilon hat")
-    epsilon_convention = "keras"
+    framework = "tensorflow"  # Keras adds Adam's epsilon before bias correction: epsilon_convention "keras"
 
     def __init__(self):
         self._cache = _LRU(16)  # compiled models: their tf.functions stay traced
         self._tensors = _LRU(12)  # host variables of the runs' arrays
         self._buffers: dict = {}
         self._datasets = _LRU(4)  # tf.data pipelines: each holds the variables it reads alive
-        self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
+        self.set_tf32(tf32_requested())
 
     def version(self) -> str:
         return f"keras {keras.__version__} / tensorflow {tf.__version__}"
@@ -97,14 +108,13 @@ class Backend(BaseBackend):
 
     def set_tf32(self, on: bool) -> None:
         tf.config.experimental.enable_tensor_float_32_execution(bool(on))
-        self._tf32 = bool(on)
 
     def tf32(self) -> bool:
         return bool(tf.config.experimental.tensor_float_32_execution_enabled())
 
     @staticmethod
     def tf_device(device: str) -> str:
-        return "/CPU:0" if device == "cpu" else "/GPU:" + device.split(":")[1]
+        return Device.parse(device).tensorflow
 
     # -- models -------------------------------------------------------------------
     def count_params(self, head: str, d: int) -> int:

@@ -31,11 +31,7 @@ KERAS_BACKENDS = {"keras-torch": "torch", "keras-jax": "jax"}
 class Backend(BaseBackend):
     """A proxy: every call runs in the worker process for ``keras_backend``."""
 
-    framework = "keras"
-    #: Keras on torch/JAX fed NumPy float64 inputs trains at float32 precision here (losses differ
-    #: by 6e-8 between heads), so float64 is not claimed
-    supports_float64 = False
-    epsilon_convention = "keras"
+    framework = "keras"  # float64 not claimed: fed float64, Keras on torch/JAX trains at float32 precision here
 
     def __init__(self, name: str = "keras-torch"):
         self.name = name

@@ -42,12 +42,16 @@ from ._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_log
 class Backend(BaseBackend):
     name = "numpy"
     framework = "numpy"
-    supports_float64 = True
 
     def __init__(self, epsilon_convention: str = "torch"):
         if epsilon_convention not in ("torch", "keras"):
             raise ValueError(f"epsilon_convention must be 'torch' or 'keras', got {epsilon_convention!r}")
-        self.epsilon_convention = epsilon_convention
+        self._epsilon_convention = epsilon_convention
+
+    @property
+    def epsilon_convention(self) -> str:
+        """The oracle follows either framework's convention, chosen per instance (``reference_for``)."""
+        return self._epsilon_convention
 
     def version(self) -> str:
         return np.__version__
@@ -84,7 +88,7 @@ class Backend(BaseBackend):
         K, b = _parameters(init, dt)
         opt = _Optimizer(plan.optimizer, plan.lr, [K, b], self.epsilon_convention)
         scale = dt.type(plan.mask_scale)
-        mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.mask_stream + 1_000_003)
+        mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.native_seed)
         bounds = plan.batch_bounds(n)
         sizes = batch_sizes(plan, n)
         buf = np.empty((plan.batch_size, d), dtype=dt)

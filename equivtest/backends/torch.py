@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import queue
 import threading
 
@@ -21,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import SOFTMAX, UNITS, Weights, from_torch_layout, to_torch_layout
-from ..plan import Plan
+from ..heads import SOFTMAX, UNITS, Weights, from_torch_layout, sigmoid_coordinates, to_torch_layout
+from ..plan import Plan, tf32_requested
 from ..trajectory import Trajectory
 from ._base import BaseBackend, batch_sizes, check_finite, epoch_logs
 
@@ -31,9 +30,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def _to_sigmoid_coordinates(flat: np.ndarray, d: int) -> np.ndarray:
     """(steps, (d + 1) k) rows of [kernel (d, k); bias (k)] -> (steps, d + 1) of (beta, c)."""
-    k = flat.shape[1] // (d + 1)
-    w = flat.reshape(len(flat), d + 1, k)
-    return w[:, :, 1] - w[:, :, 0] if k == 2 else w[:, :, 0]
+    w = flat.reshape(len(flat), d + 1, -1)
+    return sigmoid_coordinates(w[:, :d], w[:, d])
 
 
 def _correct_per_step(head: str, z, y, sizes) -> np.ndarray:
@@ -177,12 +175,10 @@ class _StepInputs:
 class Backend(BaseBackend):
     name = "torch"
     framework = "torch"
-    supports_float64 = True
-    epsilon_convention = "torch"
 
     def __init__(self):
         self._spare = None  # the last run's step buffers (see _StepInputs)
-        self.set_tf32(os.environ.get("EQUIVTEST_TF32", "0").lower() in ("1", "true", "yes", "on"))
+        self.set_tf32(tf32_requested())
 
     def version(self) -> str:
         return torch.__version__
@@ -277,10 +273,10 @@ class Backend(BaseBackend):
         spare, self._spare = self._spare, None  # taken: two runs at once never share buffers
         inputs = _StepInputs(X, plan, bounds, masks == "plan", spare=spare)
         step_rows = [t - s for s, t in bounds]
-        step_losses, step_logits, val_loss, val_acc = [], [], [], []
+        step_losses, step_correct, val_loss, val_acc = [], [], [], []
         history = [] if record_history else None
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(plan.seed * 1_000_003 + plan.mask_stream)
+            torch.manual_seed(plan.native_seed)
             for epoch in range(plan.epochs):
                 order = torch.as_tensor(plan.batch_order(epoch, n), device=dev)
                 y_steps = yt.index_select(0, order).split(step_rows)
@@ -306,7 +302,7 @@ class Backend(BaseBackend):
                 step_losses.append(losses.cpu().numpy())
                 check_finite(self.name, head, step_losses[-1], epoch * len(bounds),
                              bool(torch.isfinite(layer.weight).all() & torch.isfinite(layer.bias).all()))
-                step_logits.append(right)
+                step_correct.append(right)
                 vl, va = self._evaluate(head, layer, loss_fn, Xv, yv, yv_t)
                 val_loss.append(vl)
                 val_acc.append(va)
@@ -315,7 +311,7 @@ class Backend(BaseBackend):
         weights = from_torch_layout(layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy())
         self._spare = inputs.spare()
         return Trajectory.from_steps(
-            np.concatenate(step_losses), np.concatenate(step_logits), sizes, len(bounds), val_loss, val_acc,
+            np.concatenate(step_losses), np.concatenate(step_correct), sizes, len(bounds), val_loss, val_acc,
             weights, self._meta(head, plan, data, device, masks),
             history=None if history is None else _to_sigmoid_coordinates(torch.stack(history).cpu().numpy(), d),
         )

@@ -83,7 +83,9 @@ def pytest_collection_modifyitems(config, items):
     keras test), while the slow keras tests still spread over more than one.
     """
     sel = _selection(config)
-    gpu_asked = any(d.split(":")[0] in ("cuda", "mps") for d in sel.devices) and sel.explicit_devices
+    from ..devices import Device
+
+    gpu_asked = any(Device.parse(d).is_accelerator for d in sel.devices) and sel.explicit_devices
     for item in items:
         if item.get_closest_marker("gpu") and not gpu_asked:
             item.add_marker(pytest.mark.skip(reason="needs a GPU: run with --device=cuda (or EQUIVTEST_DEVICE=cuda)"))
