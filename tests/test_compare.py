@@ -64,9 +64,9 @@ def test_tolerances_are_data(dtype):
 
 def test_divergence_names_the_step_and_the_parameters_that_differ_most():
     from equivtest.backends.numpy import Backend
-    from equivtest.data import surrogate
     from equivtest.heads import softmax_to_sigmoid
     from equivtest.plan import Plan
+    from equivtest.sources import surrogate
 
     data = surrogate(300, 6, seed=2)
     plan = Plan(epochs=1, batch_size=50, lr=0.1, dtype="float64")

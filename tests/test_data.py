@@ -4,8 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from equivtest.data import Dataset, join_h5, load_features, read_h5, surrogate, write_h5
+from equivtest.data import Dataset, join_h5, load_features, read_h5, write_h5
 from equivtest.errors import FeatureError, InputError
+from equivtest.sources import surrogate
 
 
 def make_h5(path, train=None, label=None, **extra):

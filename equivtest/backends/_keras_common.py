@@ -201,3 +201,44 @@ def floatx(dtype: str):
         yield
     finally:
         keras.config.set_floatx(previous)
+
+
+def train_epochs(backend: str, c: Compiled, head: str, init, plan: Plan, n: int, fit_epoch, evaluate,
+                 callback=None, record_history: bool = False):
+    """The Keras epoch loop every Keras backend runs: returns a :class:`~equivtest.trajectory.Trajectory`.
+
+    ``fit_epoch(epoch)`` runs ``Model.fit`` for one epoch on that epoch's plan
+    order and masks (each backend feeds them its own way: a cached tf.data
+    pipeline in-process, NumPy arrays in a worker); ``evaluate()`` returns the
+    evaluator's dict.  The recorder's per-step losses, correct counts and
+    (optionally) parameters are read after each epoch, a non-finite loss or
+    weight stops the run, and ``callback(epoch, logs)`` gets Keras-style figures.
+    """
+    from ..heads import Weights
+    from ..trajectory import Trajectory
+    from ._base import all_finite, batch_sizes, check_finite, epoch_logs
+
+    dt = plan.dtype
+    steps = plan.steps_per_epoch(n)
+    sizes = batch_sizes(plan, n)
+    c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
+    reset_optimizer(c.model.optimizer, plan.lr)
+    losses, correct, history, val_loss, val_acc = [], [], [], [], []
+    for epoch in range(plan.epochs):
+        fit_epoch(epoch)
+        losses.append(ops.convert_to_numpy(c.recorder.values))
+        correct.append(ops.convert_to_numpy(c.recorder.right))
+        check_finite(backend, head, losses[-1], epoch * steps,
+                     all_finite(*(ops.convert_to_numpy(v) for v in c.dense.weights)))
+        if record_history:
+            history.append(ops.convert_to_numpy(c.recorder.history))
+        ev = evaluate()
+        val_loss.append(ev["data_loss"])
+        val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
+        if callback is not None:
+            callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], val_loss[-1], val_acc[-1]))
+    kernel, bias = (ops.convert_to_numpy(v) for v in c.dense.weights)
+    return Trajectory.from_steps(
+        np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
+        Weights(kernel, bias), {}, history=np.concatenate(history) if record_history else None,
+    )

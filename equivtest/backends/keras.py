@@ -62,20 +62,19 @@ with _quiet_native_stderr(), _keras_backend("tensorflow"):  # 'keras' means Kera
     import keras  # noqa: E402
     import tensorflow as tf  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
 
 from ..devices import Device  # noqa: E402
 from ..heads import SOFTMAX, Weights  # noqa: E402
 from ..plan import Plan, tf32_requested  # noqa: E402
 from ..trajectory import Trajectory  # noqa: E402
-from ._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs  # noqa: E402
+from ._base import BaseBackend  # noqa: E402
 from ._keras_common import (  # noqa: E402
     Compiled,
     _targets,
     build,
     floatx,
     plain_model,
-    reset_optimizer,
+    train_epochs,
 )
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras imported earlier elsewhere
@@ -144,41 +143,25 @@ class Backend(BaseBackend):
         steps = plan.steps_per_epoch(n)
         use_plan_masks = masks == "plan" and plan.dropout > 0
         c = self._compiled(head, d, plan, masks, steps, record_history)
-        c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
-        reset_optimizer(c.model.optimizer, plan.lr)
         Xt = self._tensor(data.X_train, dt)
         Yt = self._tensor(data.y_train, dt, head)
         val = self._tensor(data.X_val, dt), self._tensor(data.y_val, dt, head)
         val_ds = self._datasets.get_or_make(("val", *map(id, val)), lambda: tf.data.Dataset.from_tensors(val))
-
-        sizes = batch_sizes(plan, n)
         class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
-        history = []
-        losses, correct, val_loss, val_acc = [], [], [], []
         order, keep = self._epoch_buffers(n, d, use_plan_masks)
         epoch_data = self._epoch_dataset(Xt, Yt, order, keep, plan.mask_scale, plan.batch_size, steps)
-        for epoch in range(plan.epochs):
+
+        def fit_epoch(epoch):
             order.assign(plan.batch_order(epoch, n))
             if keep is not None:
                 keep.assign(plan.epoch_masks(epoch, n, d))
             c.model.fit(epoch_data, epochs=1, verbose=0, shuffle=False, class_weight=class_weight)
-            losses.append(ops.convert_to_numpy(c.recorder.values))
-            correct.append(ops.convert_to_numpy(c.recorder.right))
-            check_finite(self.name, head, losses[-1], epoch * steps,
-                         all_finite(*(ops.convert_to_numpy(v) for v in c.dense.weights)))
-            if record_history:
-                history.append(ops.convert_to_numpy(c.recorder.history))
-            ev = c.evaluator.evaluate(val_ds, verbose=0, return_dict=True)
-            val_loss.append(ev["data_loss"])
-            val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
-            if callback is not None:
-                callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], val_loss[-1], val_acc[-1]))
-        kernel, bias = (ops.convert_to_numpy(v) for v in c.dense.weights)
-        return Trajectory.from_steps(
-            np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
-            Weights(kernel, bias), self._meta(head, plan, data, device, masks),
-            history=np.concatenate(history) if record_history else None,
-        )
+
+        traj = train_epochs(self.name, c, head, init, plan, n, fit_epoch,
+                            lambda: c.evaluator.evaluate(val_ds, verbose=0, return_dict=True),
+                            callback, record_history)
+        traj.meta = self._meta(head, plan, data, device, masks)
+        return traj
 
     def _compiled(self, head: str, d: int, plan: Plan, masks: str, steps: int, record_history: bool = False
                   ) -> Compiled:

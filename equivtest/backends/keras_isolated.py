@@ -164,43 +164,28 @@ class _Worker:
         return p[:, 1] if weights.head == "softmax" else p[:, 0]
 
     def train(self, head, init, plan, data, masks, record_history):
-        from ..trajectory import Trajectory
-        from ._base import all_finite, batch_sizes, check_finite
-        from ._keras_common import _targets, build, floatx, reset_optimizer
+        from ._keras_common import _targets, build, floatx, train_epochs
 
-        ops = self.keras.ops
         dt = plan.dtype
         X, y = data.X_train.astype(dt, copy=False), data.y_train
         n, d = X.shape
-        steps = plan.steps_per_epoch(n)
         use_plan_masks = masks == "plan" and plan.dropout > 0
         with floatx(dt):
-            c = build(head, d, plan, masks, steps, record_history)
-            c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
-            reset_optimizer(c.model.optimizer, plan.lr)
+            c = build(head, d, plan, masks, plan.steps_per_epoch(n), record_history)
             Y = _targets(head, y, dt)
             Xv, Yv = data.X_val.astype(dt, copy=False), _targets(head, data.y_val, dt)
             class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
-            losses, correct, history, val_loss, val_acc = [], [], [], [], []
-            for epoch in range(plan.epochs):
+
+            def fit_epoch(epoch):
                 order = plan.batch_order(epoch, n)
                 inputs = [X[order], plan.epoch_masks(epoch, n, d)] if use_plan_masks else X[order]
                 c.model.fit(inputs, Y[order], batch_size=plan.batch_size, epochs=1, shuffle=False, verbose=0,
                             class_weight=class_weight)
-                losses.append(ops.convert_to_numpy(c.recorder.values))
-                correct.append(ops.convert_to_numpy(c.recorder.right))
-                check_finite(self.name, head, losses[-1], epoch * steps,
-                             all_finite(*(ops.convert_to_numpy(v) for v in c.dense.weights)))
-                if record_history:
-                    history.append(ops.convert_to_numpy(c.recorder.history))
-                ev = c.evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0, return_dict=True)
-                val_loss.append(ev["data_loss"])
-                val_acc.append(ev["accuracy"])
-            kernel, bias = (ops.convert_to_numpy(v) for v in c.dense.weights)
-        return Trajectory.from_steps(
-            np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps, val_loss, val_acc,
-            Weights(kernel, bias), {}, history=np.concatenate(history) if record_history else None,
-        )
+
+            return train_epochs(self.name, c, head, init, plan, n, fit_epoch,
+                                lambda: c.evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0,
+                                                             return_dict=True),
+                                record_history=record_history)
 
 
 if __name__ == "__main__":  # the worker: python -m equivtest.backends.keras_isolated FD

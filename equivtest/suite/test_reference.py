@@ -5,8 +5,8 @@ import pytest
 
 from equivtest.backends.numpy import Backend as NumpyBackend
 from equivtest.compare import assert_trajectories_close, assert_trajectories_differ
-from equivtest.data import surrogate
 from equivtest.plan import Plan
+from equivtest.sources import surrogate
 from equivtest.trajectory import Trajectory
 
 from .helpers import train_pair

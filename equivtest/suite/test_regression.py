@@ -14,9 +14,9 @@ import json
 import numpy as np
 import pytest
 
-from equivtest.data import surrogate
 from equivtest.machine import machine_info
 from equivtest.plan import Plan
+from equivtest.sources import surrogate
 
 DATA = surrogate(400, 24, seed=9)
 #: Per-dtype tolerance of a baseline, from the spread measured across kernel sets and thread counts

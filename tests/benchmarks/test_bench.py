@@ -13,9 +13,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from equivtest.data import surrogate
 from equivtest.heads import softmax_to_sigmoid
 from equivtest.plan import Plan
+from equivtest.sources import surrogate
 
 pytestmark = pytest.mark.bench
 

@@ -1,0 +1,125 @@
+"""The built-in feature sources: the GAP-like surrogate and scikit-learn's sets.
+
+Each is generated from :mod:`equivtest.rand` (or prepared with correctly rounded
+sums), so its bytes are the same on every machine; ``load_features`` in
+:mod:`equivtest.data` names them (``synthetic[:NxD]``, ``breast-cancer``, ``digits``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .data import DEFAULT_SEED, SURROGATE_SHAPE, Dataset
+from .errors import FeatureError
+
+
+# --------------------------------------------------------------------------- surrogate
+def surrogate(n: int = SURROGATE_SHAPE[0], d: int = SURROGATE_SHAPE[1], seed: int = DEFAULT_SEED,
+              *, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """A deterministic GAP-like stand-in for ``gap_Xception.h5`` (default 25000 x 2048).
+
+    Like globally average-pooled post-ReLU CNN features: non-negative, about a third
+    exact zeros, a few strongly informative channels among many weak ones,
+    per-image "content" shared across channels, and a small share of ambiguous
+    images.  Classes are balanced (N // 2 of each, the odd row in class 1).
+
+    Generative model, per image i with label s_i = +-1 and channel j::
+
+        z_ij = mu_j + sigma_j * (a * t_i * s_i * v_j + u_i . L_j + e_ij)
+        x_ij = max(z_ij, 0) * scale
+
+    with ``t_i`` an image's class clarity (mostly ~1, a few per cent near or
+    below 0), ``v_j`` a sparse-ish class direction, ``u_i . L_j`` a rank-8
+    content term and ``e_ij`` white noise; ``mu_j`` is set so that about one
+    third of the ``z_ij`` fall below zero.  Its constants are tuned so that the
+    seed's softmax recipe (Dropout 0.5, SGD lr 1e-3, batch 128, 5 epochs) gives
+    seed-like numbers at full size (see README).
+    """
+    if n < 4 or d < 1:
+        raise FeatureError("features 'synthetic'", f"size must be at least 4 x 1, got {n} x {d}")
+    from . import rand
+
+    f32 = np.float32
+    bg = rand.generator(seed, 0x5EED)
+    y = np.zeros(n, dtype=np.int64)
+    y[: n - n // 2] = 1
+    y = y[rand.permutation(bg, n)]
+    s = (2.0 * y - 1.0).astype(f32)
+
+    # channel properties (float64, then rounded once to float32)
+    sigma = rand.exp_approx(0.35 * rand.normal(bg, d)).astype(f32)
+    v = rand.normal(bg, d)
+    v *= (rand.uniform(bg, d) < 0.25) * 2.5 + 0.35  # a quarter strongly informative
+    v = (v / math.sqrt(rand.fsum_mean(v * v))).astype(f32)
+    rank = 8
+    L = (rand.normal(bg, (rank, d)) * 0.45).astype(f32)
+
+    # image properties: clarity t (a few per cent ambiguous or misleading), content u
+    t = (1.0 + 0.45 * rand.normal(bg, n)).astype(f32)
+    u = rand.normal(bg, (n, rank), dtype=f32)
+
+    a = f32(_SURROGATE_SIGNAL)
+    # threshold so that ~1/3 are below zero: noise sd is sqrt(1 + 0.45^2*rank + signal)
+    vd = v.astype(np.float64)
+    sd = np.sqrt(1.0 + 0.45**2 * rank + (_SURROGATE_SIGNAL * vd) ** 2 * (1 + 0.45**2))
+    shift = (0.4307 * sd).astype(f32)  # Phi(-0.4307) = 1/3
+    signal = a * t * s  # (n,) float32
+    X = np.empty((n, d), dtype=f32)
+    rows = max(1, (1 << 20) // d)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        z = rand.normal(bg, (hi - lo, d), dtype=f32)
+        for k in range(rank):  # u @ L as rank-1 updates in a fixed order: no BLAS
+            z += u[lo:hi, k:k + 1] * L[k]
+        z += signal[lo:hi, None] * v
+        z += shift
+        z *= sigma
+        np.maximum(z, f32(0.0), out=z)
+        z *= f32(_SURROGATE_SCALE)
+        X[lo:hi] = z
+    return Dataset(X, y, source=_synthetic_name(n, d), split_seed=split_seed,
+                   description=f"built-in GAP-like surrogate, seed {seed}")
+
+
+# tuned constants of the surrogate (see README: measured trajectory vs the seed's)
+_SURROGATE_SIGNAL = 0.45
+_SURROGATE_SCALE = 0.175
+
+
+def _synthetic_name(n: int, d: int) -> str:
+    return "synthetic" if (n, d) == SURROGATE_SHAPE else f"synthetic:{n}x{d}"
+
+
+# --------------------------------------------------------------------------- scikit-learn
+def breast_cancer(*, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """scikit-learn's Wisconsin breast cancer set (569 x 30), standardised per feature.
+
+    Label 1 = benign, 0 = malignant (scikit-learn's own coding).  Standardisation
+    uses the whole set's mean and standard deviation (no fitting on labels).
+    """
+    from sklearn.datasets import load_breast_cancer
+
+    from . import rand
+
+    bunch = load_breast_cancer()
+    X = bunch.data.astype(np.float64)
+    X = X - rand.column_means(X)  # sums correctly rounded: the same bits on every machine
+    X = X / np.sqrt(rand.column_means(X * X))
+    return Dataset(X.astype(np.float32), bunch.target, source="breast-cancer", split_seed=split_seed,
+                   description="scikit-learn breast cancer (569 x 30, standardised); 1 = benign")
+
+
+def digits(*, split_seed: int = DEFAULT_SEED) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 x 64) as a binary task: even (0) vs odd (1) digit.
+
+    Pixel values 0..16 are divided by 16.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X = (bunch.data / 16.0).astype(np.float32)
+    y = (bunch.target % 2).astype(np.int64)
+    return Dataset(X, y, source="digits", split_seed=split_seed,
+                   description="scikit-learn digits (1797 x 64, pixels / 16); label 1 = odd digit")
