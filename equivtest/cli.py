@@ -107,6 +107,7 @@ def _positive_float(s: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .heads import lr_factor
     from .plan import Optimizer
 
     p = _Parser(prog="equivtest", description="Prove that a two-class softmax head and a one-logit sigmoid head "
@@ -123,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu, cuda[:N], mps or auto (default: cpu)")
     r.add_argument("--epochs", type=_positive_int, default=5, help="default: 5")
     r.add_argument("--batch-size", type=_positive_int, default=128, help="default: 128")
-    r.add_argument("--lr", type=_positive_float, default=1e-3, help="softmax learning rate; sigmoid gets 2x (default: 0.001)")
-    r.add_argument("--lr-factor", type=_positive_float, default=2.0,
+    r.add_argument("--lr", type=_positive_float, default=1e-3,
+                   help="softmax learning rate; the sigmoid's is --lr-factor times it (default: 0.001)")
+    r.add_argument("--lr-factor", type=_positive_float, default=lr_factor(),
                    help="sigmoid lr = factor x softmax lr; 1 is the negative control that must fail (default: 2)")
     r.add_argument("--optimizer", default="sgd", choices=list(Optimizer.PRESETS),
                    help="sgd, momentum, nesterov, adam, rmsprop, adagrad, adamw (default: sgd)")

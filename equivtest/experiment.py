@@ -4,8 +4,8 @@ Per backend, with the seed's recipe unless told otherwise:
 
 - ``softmax``: Dense(2, softmax) from Glorot init at lr;
 - ``sigmoid_converted``: Dense(1, sigmoid) from the converted initial softmax
-  weights (beta = w1 - w0, c = b1 - b0) at 2 lr;
-- ``sigmoid_random``: Dense(1, sigmoid) from its own Glorot init at 2 lr.
+  weights (beta = w1 - w0, c = b1 - b0) at ``lr_factor`` x lr (the rule's 2, ``heads.lr_factor``);
+- ``sigmoid_random``: Dense(1, sigmoid) from its own Glorot init at the same rate.
 
 Dropout masks are the plan's, shared by all three runs (``masks="shared"``), or
 drawn independently per run (``"independent"``, the seed's own setting).
@@ -87,7 +87,7 @@ class ExperimentResult:
     checks: list[Check] = field(default_factory=list)
     wall_s: float = 0.0
     interrupted: bool = False
-    lr_factor: float = 2.0
+    lr_factor: float = field(default_factory=rule_lr_factor)
 
     @property
     def passed(self) -> bool:

@@ -123,6 +123,15 @@ def sigmoid_to_softmax(w: Weights, split: str = "zero") -> Weights:
     return Weights(k.astype(w.kernel.dtype), b)
 
 
+def hits(head: str, z, y):
+    """Which predictions are right: the argmax for a softmax head, logit > 0 (p > 0.5) for a sigmoid head.
+
+    ``z`` are logits (B, k) and ``y`` labels (B,), as NumPy arrays or torch tensors
+    alike (positional ``argmax`` and comparisons only).
+    """
+    return (z.argmax(1) == y) if head == SOFTMAX else ((z[:, 0] > 0) == (y == 1))
+
+
 def sigmoid_coordinates(kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """(beta, c) as one vector of d + 1: the sigmoid head's own, or w1 - w0, b1 - b0 for a softmax head.
 

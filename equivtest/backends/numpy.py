@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..heads import SOFTMAX, UNITS, Weights, check_head, sigmoid, sigmoid_coordinates
+from ..heads import SOFTMAX, UNITS, Weights, check_head, hits, sigmoid, sigmoid_coordinates
 from ..heads import predict_proba as _predict_proba
 from ..plan import Optimizer, Plan
 from ..trajectory import Trajectory
@@ -171,7 +171,7 @@ def _loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, w: np
     B = z.shape[0]
     if gamma is not None:
         per, g = _focal_and_grad(head, z, y, gamma)
-        right = int(np.sum(np.argmax(z, axis=1) == y)) if head == SOFTMAX else int(np.sum((z[:, 0] > 0) == (y == 1)))
+        right = int(np.sum(hits(head, z, y)))
         if w is not None:
             per, g = per * w, g * w[:, None]
         return float(np.mean(per)), right, ((g / B).astype(z.dtype, copy=False) if grad else None)
@@ -184,7 +184,7 @@ def _loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, w: np
         log_norm = np.log1p(e_rest.sum(axis=1))
         logp = (z - z[np.arange(B), top][:, None]) - log_norm[:, None]
         per = -(t * logp[:, 1] + (1 - t) * logp[:, 0])
-        right = int(np.sum(top == y))
+        right = int(np.sum(hits(head, z, y)))
         g = np.exp(logp) if grad else None
         if grad:
             g[:, 0] -= 1 - t
@@ -192,7 +192,7 @@ def _loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, w: np
     else:
         zz = z[:, 0]
         per = np.maximum(zz, 0) - t * zz + np.log1p(np.exp(-np.abs(zz)))  # stable BCE on logits
-        right = int(np.sum((zz > 0) == (y == 1)))
+        right = int(np.sum(hits(head, z, y)))
         g = (sigmoid(zz) - t)[:, None] if grad else None
     if w is not None:
         per = per * w

@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import SOFTMAX, UNITS, Weights, from_torch_layout, sigmoid_coordinates, to_torch_layout
+from ..heads import (
+    SOFTMAX,
+    UNITS,
+    Weights,
+    from_torch_layout,
+    hits,
+    sigmoid_coordinates,
+    to_torch_layout,
+)
 from ..plan import Plan, tf32_requested
 from ..trajectory import Trajectory
 from ._base import BaseBackend, batch_sizes, check_finite, epoch_logs
@@ -36,7 +44,7 @@ def _to_sigmoid_coordinates(flat: np.ndarray, d: int) -> np.ndarray:
 
 def _correct_per_step(head: str, z, y, sizes) -> np.ndarray:
     """Correct predictions per step from an epoch's concatenated logits and labels in order."""
-    hit = (z.argmax(dim=1) == y) if head == SOFTMAX else ((z[:, 0] > 0) == (y == 1))
+    hit = hits(head, z, y)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     return np.add.reduceat(hit.cpu().numpy().astype(np.int64), starts)
 
@@ -320,7 +328,7 @@ class Backend(BaseBackend):
         with torch.no_grad():
             z = layer(Xv)
             loss = loss_fn(z, yv_t, None)
-            right = (z.argmax(dim=1) == yv).sum() if head == SOFTMAX else ((z[:, 0] > 0) == (yv == 1)).sum()
+            right = hits(head, z, yv).sum()
         return float(loss), int(right) / len(yv)
 
 
