@@ -153,6 +153,11 @@ class Plan:
     #: by alpha (Keras CategoricalFocalCrossentropy).  None: no alpha (Keras binary's default;
     #: categorical alpha = 1).
     focal_alpha: float | None = None
+    #: mixed precision: None (off) or "bfloat16": the frameworks' own autocast (torch ``autocast``,
+    #: Keras's ``mixed_bfloat16`` policy) computes the head in bfloat16 on float32 weights
+    autocast: str | None = None
+
+    AUTOCASTS = (None, "bfloat16")
 
     def __post_init__(self):
         if isinstance(self.optimizer, str):
@@ -177,6 +182,10 @@ class Plan:
             raise InputError("focal loss with label smoothing is not supported")
         if not self.focal_gamma >= 0:
             raise InputError(f"focal gamma must be >= 0, got {self.focal_gamma}")
+        if self.autocast not in self.AUTOCASTS:
+            raise InputError(f"autocast must be None or 'bfloat16', got {self.autocast!r}")
+        if self.autocast and self.dtype != "float32":
+            raise InputError(f"autocast {self.autocast} needs float32 weights, got dtype {self.dtype}")
         if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
             raise InputError(f"focal alpha must be in [0, 1], got {self.focal_alpha}")
         if self.class_weight is not None:

@@ -111,3 +111,23 @@ def test_thread_count_is_shared_while_pipelined_and_restored_after(tb):
     with pytest.raises(RuntimeError), tb._threads_per_worker(2):
         raise RuntimeError
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_gpu_input_path_trains_bit_for_bit_like_the_cpu_path(tb, optimizer, dtype):
+    """The in-order path a GPU takes (epoch masks uploaded at once, steps in order, losses and correct
+    counts accumulated as tensors and read once per epoch), run on the CPU: the same bits as the
+    worker-thread path, for every step loss, count, validation figure and final weight."""
+    from equivtest.heads import softmax_to_sigmoid
+    from equivtest.sources import surrogate
+
+    data = surrogate(600, 40, seed=3)
+    plan = Plan(epochs=2, batch_size=64, lr=0.05, optimizer=optimizer, dropout=0.5, dtype=dtype)
+    w = plan.initial_weights("softmax", data.n_features)
+    for head, init in (("softmax", w), ("sigmoid", softmax_to_sigmoid(w))):
+        cpu = tb.Backend(pipelined=True).train(head, init, plan, data, record_history=True)
+        gpu_form = tb.Backend(pipelined=False).train(head, init, plan, data, record_history=True)
+        for field in ("step_loss", "epoch_accuracy", "val_loss", "val_accuracy", "history"):
+            assert np.array_equal(getattr(cpu, field), getattr(gpu_form, field)), (head, field)
+        assert np.array_equal(cpu.weights.kernel, gpu_form.weights.kernel)

@@ -38,6 +38,8 @@ class BackendInfo:
     distributions: tuple[str, ...] = ()
     #: runs in a worker process of its own (Keras fixes its backend once per process)
     worker_process: bool = False
+    #: mixed-precision modes it offers (``Plan.autocast``); the NumPy oracle has none
+    autocasts: tuple[str, ...] = ("bfloat16",)
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -55,7 +57,7 @@ class BackendInfo:
 #: load order matters: torch before tensorflow
 REGISTRY: dict[str, BackendInfo] = {
     "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",),
-                         distributions=("numpy",)),
+                         distributions=("numpy",), autocasts=()),
     "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch", ("cpu", "cuda", "mps"),
                          distributions=("torch",)),
     "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow",

@@ -111,6 +111,8 @@ class BaseBackend:
             )
         if plan.dtype == "float64" and not self.supports_float64:
             raise NotImplementedError(f"backend '{self.name}' does not support float64")
+        if plan.autocast and plan.autocast not in self.capabilities.autocasts:
+            raise NotImplementedError(f"backend '{self.name}' has no {plan.autocast} autocast")
 
     def _meta(self, head: str, plan: Plan, data: Dataset, device: str, masks: str) -> dict:
         return {

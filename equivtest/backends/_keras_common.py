@@ -112,6 +112,8 @@ def dense_layer(head: str, dtype: str, plan: Plan | None = None) -> keras.layers
         # coupled decay wd * w in the gradient = an L2 penalty (wd / 2) ||w||^2 on kernel and bias
         l2 = plan.optimizer.weight_decay / 2
         reg = {"kernel_regularizer": keras.regularizers.L2(l2), "bias_regularizer": keras.regularizers.L2(l2)}
+    if plan is not None and plan.autocast == "bfloat16":
+        dtype = "mixed_bfloat16"  # Keras's mixed precision: bfloat16 compute, float32 variables
     return keras.layers.Dense(UNITS[head], activation=act, dtype=dtype, name=f"{head}_head", **reg)
 
 

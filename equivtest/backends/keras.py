@@ -169,10 +169,10 @@ class Backend(BaseBackend):
 
         Runs with the framework's own Dropout are built afresh: their RNG state belongs to the run.
         """
-        dt = plan.dtype
-        key = (head, d, dt, plan.optimizer, plan.dropout, masks, steps, plan.batch_size, plan.label_smoothing,
-               plan.loss, plan.focal_gamma, plan.focal_alpha, record_history,
-               tf.config.experimental.tensor_float_32_execution_enabled())
+        # every plan field shapes the model except those a run sets itself (lr is reset, class weights go
+        # to fit, the seed and mask stream pick masks, epochs count fits): a new field is in the key by default
+        shape = plan.replace(lr=1.0, seed=0, mask_stream=0, epochs=1, class_weight=None)
+        key = (head, d, masks, steps, record_history, shape, tf.config.experimental.tensor_float_32_execution_enabled())
 
         def make():
             return build(head, d, plan, masks, steps, record_history, steps_per_execution=steps, masks_in_model=False)

@@ -184,7 +184,11 @@ class Backend(BaseBackend):
     name = "torch"
     framework = "torch"
 
-    def __init__(self):
+    def __init__(self, pipelined: bool | None = None):
+        """``pipelined``: the CPU's worker-thread input path (None: on a CPU, not on a GPU).  ``False``
+        on a CPU runs the in-order path a GPU takes (masks uploaded per epoch, steps in order), so the
+        GPU path's logic is tested where there is no GPU."""
+        self.pipelined = pipelined
         self._spare = None  # the last run's step buffers (see _StepInputs)
         self.set_tf32(tf32_requested())
 
@@ -279,9 +283,11 @@ class Backend(BaseBackend):
         yv = torch.as_tensor(data.y_val, device=dev)
         yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
         spare, self._spare = self._spare, None  # taken: two runs at once never share buffers
-        inputs = _StepInputs(X, plan, bounds, masks == "plan", spare=spare)
+        inputs = _StepInputs(X, plan, bounds, masks == "plan", pipelined=self.pipelined, spare=spare)
         step_rows = [t - s for s, t in bounds]
         step_losses, step_correct, val_loss, val_acc = [], [], [], []
+        # mixed precision as a PyTorch user writes it: forward and loss under autocast, float32 weights
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
         history = [] if record_history else None
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.native_seed)
@@ -294,8 +300,9 @@ class Backend(BaseBackend):
                     for xb, yb, wb in zip(x_steps, y_steps, w_steps):
                         if dropout is not None:
                             xb = dropout(xb)
-                        z = layer(xb)
-                        loss = loss_fn(z, yb, wb)
+                        with autocast:
+                            z = layer(xb)
+                            loss = loss_fn(z, yb, wb)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -305,13 +312,14 @@ class Backend(BaseBackend):
                             history.append(torch.cat([layer.weight.detach().T, layer.bias.detach()[None]])
                                            .flatten().clone())
                 # accuracy from the epoch's logits at once (before each update, with dropout, as Keras counts)
-                losses = torch.stack(losses)
+                losses = torch.stack(losses).to(dt)  # an autocast loss may come back in another dtype
                 right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
                 step_losses.append(losses.cpu().numpy())
                 check_finite(self.name, head, step_losses[-1], epoch * len(bounds),
                              bool(torch.isfinite(layer.weight).all() & torch.isfinite(layer.bias).all()))
                 step_correct.append(right)
-                vl, va = self._evaluate(head, layer, loss_fn, Xv, yv, yv_t)
+                with autocast:
+                    vl, va = self._evaluate(head, layer, loss_fn, Xv, yv, yv_t)
                 val_loss.append(vl)
                 val_acc.append(va)
                 if callback is not None:
