@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from ..heads import Weights
+from ..plan import tf32_requested
 from ._base import BaseBackend
 
 KERAS_BACKENDS = {"keras-torch": "torch", "keras-jax": "jax"}
@@ -88,6 +89,12 @@ class Backend(BaseBackend):
     def devices(self) -> list[str]:
         return ["cpu"]
 
+    def tf32(self) -> bool:
+        """The worker's TF32 state (off unless EQUIVTEST_TF32 asks), as it set it at start."""
+        if self._info is None:
+            self._info = self._call("info")
+        return self._info["tf32"]
+
     def count_params(self, head: str, d: int) -> int:
         return self._call("count_params", head, int(d))
 
@@ -141,13 +148,27 @@ class _Worker:
 
         self.keras = keras
         self.name = f"keras-{keras.backend.backend()}"
+        self._tf32 = self._set_tf32(tf32_requested())
+
+    def _set_tf32(self, on: bool) -> bool:
+        """TF32 off unless asked (EQUIVTEST_TF32): torch's float32 matmul precision, or JAX's default
+        matmul precision (TF32 on recent GPUs unless set to "highest")."""
+        if self.keras.backend.backend() == "jax":
+            import jax
+
+            jax.config.update("jax_default_matmul_precision", "tensorfloat32" if on else "highest")
+        else:
+            from .torch import set_torch_tf32
+
+            set_torch_tf32(on)
+        return bool(on)
 
     def info(self) -> dict:
         import importlib
 
         k = self.keras
         lib = importlib.import_module(k.backend.backend())
-        return {"version": f"keras {k.__version__} / {k.backend.backend()} {lib.__version__}"}
+        return {"version": f"keras {k.__version__} / {k.backend.backend()} {lib.__version__}", "tf32": self._tf32}
 
     def count_params(self, head: str, d: int) -> int:
         from ._keras_common import plain_model

@@ -42,6 +42,16 @@ def _to_sigmoid_coordinates(flat: np.ndarray, d: int) -> np.ndarray:
     return sigmoid_coordinates(w[:, :d], w[:, d])
 
 
+def set_torch_tf32(on: bool) -> None:
+    """torch's TF32 switches for CUDA matmuls and cuDNN (this backend's and Keras-on-torch's)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32" if on else "ieee"
+    else:  # torch < 2.9
+        matmul.allow_tf32 = bool(on)
+    torch.backends.cudnn.allow_tf32 = bool(on)
+
+
 def _correct_per_step(head: str, z, y, sizes) -> np.ndarray:
     """Correct predictions per step from an epoch's concatenated logits and labels in order."""
     hit = hits(head, z, y)
@@ -205,12 +215,7 @@ class Backend(BaseBackend):
         return devs
 
     def set_tf32(self, on: bool) -> None:
-        matmul = torch.backends.cuda.matmul
-        if hasattr(matmul, "fp32_precision"):
-            matmul.fp32_precision = "tf32" if on else "ieee"
-        else:  # torch < 2.9
-            matmul.allow_tf32 = bool(on)
-        torch.backends.cudnn.allow_tf32 = bool(on)
+        set_torch_tf32(on)
         self._tf32 = bool(on)
 
     def tf32(self) -> bool:

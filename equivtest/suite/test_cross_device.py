@@ -47,3 +47,4 @@ def test_tf32_on_moves_the_loss_past_float32_tolerance(backend, device, dataset,
     # factor 1, not CONTROL_MARGIN: TF32 is a precision mode, not a rule; what is claimed (and why the suite
     # turns it off) is only that it moves a float32 trajectory past the float32 tolerance
     assert_trajectories_differ(fast, cpu, factor=1, **TOL)
+
