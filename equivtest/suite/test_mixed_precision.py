@@ -12,6 +12,7 @@ backend         sgd         adam        bfloat16 vs float32, softmax  control (l
 torch           7.0e-4      1.0e-3      4.2e-4 / 1.0e-3               0.090 / 0.101
 keras           1.1e-3      9.1e-4      5.3e-4 / 9.0e-4               0.091 / 0.101
 keras-torch     1.1e-3      1.3e-3      6.6e-4 / 1.2e-3               0.091 / 0.101
+keras-jax       1.4e-3      1.8e-3      (not measured)                (passes, > 0.039)
 ==============  ==========  ==========  ============================  ==================
 
 So the 2x rule still holds to bfloat16 precision: the heads part by no more than
@@ -30,10 +31,10 @@ from .helpers import train_pair
 
 #: bfloat16 keeps 8 significant bits: one unit in the last place at 1.0 is 2**-8 = 3.9e-3, the rounding of a
 #: loss of order one.  The rule holds "to bfloat16 precision" when the heads stay within it (measured at
-#: most 1.3e-3, a third of it).
+#: most 1.8e-3 (keras-jax), under half of it).
 BFLOAT16_TOL = {"atol": 2.0**-8, "rtol": 0.0}
-#: The control must miss by 10 x that: the reason is that the measured agreement is at most 1/3 of the
-#: tolerance, so 10 x keeps a factor of 30 between the worst agreement and a break (measured breaks: 0.09).
+#: The control must miss by 10 x that: the reason is that the measured agreement is under 1/2 of the
+#: tolerance, so 10 x keeps a factor of 20 between the worst agreement and a break (measured breaks: 0.09).
 BFLOAT16_CONTROL_MARGIN = 10.0
 #: the pair's gap may be at most this many times bfloat16's own drift of the softmax head (measured: 2.0)
 DRIFT_RATIO = 4.0
