@@ -99,11 +99,17 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return int(self.X.shape[1])
+        """Values per row: D for feature vectors, H * W * C for images."""
+        return int(np.prod(self.X.shape[1:]))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One row's shape: (D,) or (H, W, C)."""
+        return tuple(int(s) for s in self.X.shape[1:])
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (int(self.X.shape[0]), int(self.X.shape[1]))
+        return (int(self.X.shape[0]), self.n_features)
 
     def summary(self) -> str:
         n_tr, n_va = len(self.split_indices[0]), len(self.split_indices[1])
@@ -155,8 +161,8 @@ def stratified_split(y: np.ndarray, val_fraction: float = VAL_FRACTION, seed: in
 # --------------------------------------------------------------------------- checks
 def _check_arrays(X: np.ndarray, y: np.ndarray, where: str) -> None:
     """Checks that need the arrays only (already converted to float32 / int64)."""
-    if X.ndim != 2:
-        raise FeatureError(where, f"features must be 2-D (N, D), got shape {X.shape}")
+    if X.ndim not in (2, 4):
+        raise FeatureError(where, f"features must be vectors (N, D) or images (N, H, W, C), got shape {X.shape}")
     if X.shape[0] == 0:
         raise FeatureError(where, "features have zero rows")
     if X.shape[1] == 0:

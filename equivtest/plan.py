@@ -252,7 +252,7 @@ class Plan:
         self._check_epoch(epoch)
         return rand.permutation(self._stream(_ORDER, epoch), n)
 
-    def epoch_masks(self, epoch: int, n: int, d: int) -> np.ndarray | None:
+    def epoch_masks(self, epoch: int, n: int, d: int, layer: int = 0) -> np.ndarray | None:
         """Keep-masks (n, d) bool for ``epoch``, row k for the k-th sample in its order.
 
         ``None`` when the plan has no dropout.  Step s uses rows
@@ -260,16 +260,31 @@ class Plan:
         ``masks_for(epoch, n, d).rows(s, t)`` gives the same rows without
         unpacking the whole epoch.
         """
-        stream = self.masks_for(epoch, n, d)
+        stream = self.masks_for(epoch, n, d, layer)
         return None if stream is None else stream.rows(0, int(n))
 
-    def masks_for(self, epoch: int, n: int, d: int) -> EpochMasks | None:
-        """The epoch's masks as raw random bits, unpacked by row range (``None`` without dropout)."""
+    def masks_for(self, epoch: int, n: int, d: int, layer: int = 0) -> EpochMasks | None:
+        """The epoch's masks as raw random bits, unpacked by row range (``None`` without dropout).
+
+        ``layer`` numbers a network's Dropout layers (0: the first, the head's in the seed's
+        network); each has its own stream, so every framework sees the same masks in every layer.
+        """
         self._check_epoch(epoch)
         if self.dropout == 0.0:
             return None
-        g = np.random.SFC64(np.random.SeedSequence([self.seed, _MASK, self.mask_stream, epoch]))
+        key = [self.seed, _MASK, self.mask_stream, epoch] + ([layer] if layer else [])
+        g = np.random.SFC64(np.random.SeedSequence(key))
         return EpochMasks(g, int(n), int(d), 1.0 - self.dropout)
+
+    def body_weights(self, network) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Glorot-uniform (kernel, bias) for each body layer of ``network`` (canonical layout, float64).
+
+        Drawn from the seed, one stream per layer, so both heads' networks and every
+        framework start from the same body.
+        """
+        from .networks import glorot_uniform
+
+        return [glorot_uniform(layer, self._stream(_INIT, 100 + i)) for i, layer in enumerate(network.layers)]
 
     def initial_weights(self, head: str, d: int, stream: int = 0) -> _heads.Weights:
         """Keras-style Glorot-uniform initial weights for ``head``, drawn from the seed.

@@ -111,15 +111,19 @@ def breast_cancer(*, split_seed: int = DEFAULT_SEED) -> Dataset:
                    description="scikit-learn breast cancer (569 x 30, standardised); 1 = benign")
 
 
-def digits(*, split_seed: int = DEFAULT_SEED) -> Dataset:
+def digits(*, split_seed: int = DEFAULT_SEED, images: bool = False) -> Dataset:
     """scikit-learn's 8x8 digits (1797 x 64) as a binary task: even (0) vs odd (1) digit.
 
-    Pixel values 0..16 are divided by 16.
+    Pixel values 0..16 are divided by 16.  ``images=True`` keeps them as 8 x 8 x 1
+    images (NHWC), for a convolutional body.
     """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     X = (bunch.data / 16.0).astype(np.float32)
+    if images:
+        X = X.reshape(-1, 8, 8, 1)
     y = (bunch.target % 2).astype(np.int64)
+    shape = "1797 x 8 x 8 x 1 images" if images else "1797 x 64"
     return Dataset(X, y, source="digits", split_seed=split_seed,
-                   description="scikit-learn digits (1797 x 64, pixels / 16); label 1 = odd digit")
+                   description=f"scikit-learn digits ({shape}, pixels / 16); label 1 = odd digit")

@@ -42,6 +42,8 @@ class Trajectory:
     #: optional (steps, d + 1): after each step, the parameters in sigmoid coordinates
     #: (beta = w1 - w0 and c = b1 - b0 for a softmax head), so two heads compare directly
     history: np.ndarray | None = None
+    #: a whole network's body weights after training, [(kernel, bias), ...] canonical (None: head only)
+    body: list | None = None
 
     def __post_init__(self):
         for name in ARRAYS:

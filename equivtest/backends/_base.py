@@ -99,6 +99,13 @@ class BaseBackend:
         """
         raise NotImplementedError(f"backend '{self.name}' does not implement train()")
 
+    def train_network(self, network, head: str, body_init, head_init: Weights, plan: Plan, data: Dataset, *,
+                      rates, device: str = "cpu") -> Trajectory:
+        """Train a whole network (``equivtest.networks``): body from ``body_init`` (canonical layers),
+        head from ``head_init``, per-group learning rates and decays ``rates``; the plan's masks at
+        every Dropout layer.  ``Trajectory.body`` holds the trained body."""
+        raise NotImplementedError(f"backend '{self.name}' does not train whole networks yet")
+
     # -- shared helpers -----------------------------------------------------------
     def _check_train_args(self, head: str, init: Weights, plan: Plan, data: Dataset, masks: str) -> None:
         check_head(head)

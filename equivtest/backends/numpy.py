@@ -65,6 +65,13 @@ class Backend(BaseBackend):
         self.resolve_device(device)
         return _predict_proba(weights.astype(dtype), np.asarray(X, dtype=dtype))
 
+    def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
+        from .numpy_network import train_network
+
+        self.resolve_device(device)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # check_finite reports
+            return train_network(self, network, head, body_init, head_init, plan, data, rates)
+
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
         # overflow is caught by check_finite at the step it appears, not reported as a NumPy warning

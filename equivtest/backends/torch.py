@@ -265,6 +265,12 @@ class Backend(BaseBackend):
                                        initial_accumulator_value=s.initial_accumulator)
         raise NotImplementedError(f"backend 'torch' has no optimizer {s.name!r}")
 
+    def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
+        from .torch_network import train_network
+
+        return train_network(self, network, head, body_init, head_init, plan, data, rates,
+                             self.resolve_device(device))
+
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)

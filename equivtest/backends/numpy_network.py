@@ -1,0 +1,135 @@
+"""The NumPy float64 oracle for whole networks: closed-form gradients of every body.
+
+Dense layers by matrix products; 3 x 3 "valid" convolutions by im2col (the nine
+shifted views side by side, in the kernel's (kh, kw, in) order) and col2im
+(their gradients added back); global average pooling and Dropout elementwise.
+Canonical (Keras) layouts throughout.  ``tests`` check every gradient against
+finite differences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..heads import Weights
+from ..networks import GroupRates, Network
+from ..plan import Plan
+from ..trajectory import Trajectory
+
+
+def im2col(x: np.ndarray) -> np.ndarray:
+    """(B, H, W, C) -> (B, H - 2, W - 2, 9 C): each output position's 3 x 3 patch, ordered (kh, kw, C)."""
+    ho, wo = x.shape[1] - 2, x.shape[2] - 2
+    return np.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(3) for j in range(3)], axis=-1)
+
+
+def col2im(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of :func:`im2col`: each patch gradient added back to the pixels it came from."""
+    out = np.zeros(shape, dtype=g.dtype)
+    ho, wo, c = shape[1] - 2, shape[2] - 2, shape[3]
+    for k, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
+        out[:, i:i + ho, j:j + wo, :] += g[..., k * c:(k + 1) * c]
+    return out
+
+
+def forward(net: Network, params, x: np.ndarray, masks):
+    """The body's output h (B, width) and what the backward pass needs.
+
+    ``params``: [(kernel, bias), ...] per body layer; ``masks``: per Dropout layer,
+    ``scale`` where kept and 0 elsewhere (B, units), or None (no dropout).
+    """
+    m = masks[0] if masks else None
+    if net.body == "none":
+        return (x if m is None else x * m), None
+    (k1, b1), (k2, b2) = params
+    if net.body == "mlp":
+        a1 = x @ k1 + b1
+        h1 = np.maximum(a1, 0.0)
+        h1d = h1 if m is None else h1 * m
+        a2 = h1d @ k2 + b2
+        return np.maximum(a2, 0.0), (x, a1, h1d, m, a2)
+    p1 = im2col(x)
+    a1 = p1 @ k1.reshape(-1, k1.shape[-1]) + b1
+    h1 = np.maximum(a1, 0.0)
+    p2 = im2col(h1)
+    a2 = p2 @ k2.reshape(-1, k2.shape[-1]) + b2
+    pooled = np.maximum(a2, 0.0).mean(axis=(1, 2))
+    return (pooled if m is None else pooled * m), (x, p1, a1, p2, a2, m)
+
+
+def backward(net: Network, params, cache, gh: np.ndarray) -> list[np.ndarray]:
+    """Gradients [dK1, db1, dK2, db2] of the loss given dL/dh (B, width)."""
+    if net.body == "none":
+        return []
+    (k1, b1), (k2, b2) = params
+    if net.body == "mlp":
+        x, a1, h1d, m, a2 = cache
+        ga2 = gh * (a2 > 0)
+        gk2, gb2 = h1d.T @ ga2, ga2.sum(axis=0)
+        gh1 = ga2 @ k2.T
+        if m is not None:
+            gh1 = gh1 * m
+        ga1 = gh1 * (a1 > 0)
+        return [x.T @ ga1, ga1.sum(axis=0), gk2, gb2]
+    x, p1, a1, p2, a2, m = cache
+    if m is not None:
+        gh = gh * m
+    ho, wo = a2.shape[1], a2.shape[2]
+    ga2 = (gh[:, None, None, :] / (ho * wo)) * (a2 > 0)
+    c2 = ga2.shape[-1]
+    gk2 = (p2.reshape(-1, p2.shape[-1]).T @ ga2.reshape(-1, c2)).reshape(k2.shape)
+    gb2 = ga2.sum(axis=(0, 1, 2))
+    gh1 = col2im(ga2 @ k2.reshape(-1, c2).T, a1.shape)
+    ga1 = gh1 * (a1 > 0)
+    c1 = ga1.shape[-1]
+    gk1 = (p1.reshape(-1, p1.shape[-1]).T @ ga1.reshape(-1, c1)).reshape(k1.shape)
+    return [gk1, ga1.sum(axis=(0, 1, 2)), gk2, gb2]
+
+
+def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
+                  rates: GroupRates) -> Trajectory:
+    """Train body + head under ``plan`` with per-group ``rates``; per-step losses as the head's ``train``."""
+    from ._base import all_finite, batch_sizes, check_finite
+    from .numpy import _loss_and_grad, _Optimizer
+
+    dt = np.dtype(plan.dtype)
+    X, Xv = data.X_train.astype(dt), data.X_val.astype(dt)
+    y, yv = data.y_train, data.y_val
+    T, Tv = plan.targets(y), plan.targets(yv)
+    n = len(y)
+    body = [[k.astype(dt, copy=True), b.astype(dt, copy=True)] for k, b in body_init]
+    kh, bh = head_init.kernel.astype(dt, copy=True), head_init.bias.astype(dt, copy=True)
+    flat_body = [p for layer in body for p in layer]
+    opt_body = _Optimizer(plan.optimizer.replace(weight_decay=rates.body_decay), rates.body_lr, flat_body,
+                          backend.epsilon_convention) if flat_body else None
+    opt_head = _Optimizer(plan.optimizer.replace(weight_decay=rates.head_decay), rates.head_lr, [kh, bh],
+                          backend.epsilon_convention)
+    scale = dt.type(plan.mask_scale)
+    bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
+    losses, correct, val_loss, val_acc = [], [], [], []
+    for epoch in range(plan.epochs):
+        order = plan.batch_order(epoch, n)
+        drawn = [plan.epoch_masks(epoch, n, w, layer=i) for i, w in enumerate(net.dropout_widths)]
+        for s, t in bounds:
+            idx = order[s:t]
+            masks = [None if d is None else d[s:t] * scale for d in drawn]
+            h, cache = forward(net, body, X[idx], masks)
+            loss, n_right, gz = _loss_and_grad(head, h @ kh + bh, y[idx], T[idx], None)
+            if not np.isfinite(loss):
+                check_finite(backend.name, head, [loss], len(losses))
+            losses.append(loss)
+            correct.append(n_right)
+            grads = backward(net, body, cache, gz @ kh.T)
+            opt_head.step([h.T @ gz, gz.sum(axis=0)])
+            if opt_body is not None:
+                opt_body.step(grads)
+        check_finite(backend.name, head, [], len(losses), all_finite(kh, bh, *flat_body))
+        hv, _ = forward(net, body, Xv, [None] * len(net.dropout_widths))
+        vl, vr, _ = _loss_and_grad(head, hv @ kh + bh, yv, Tv, None, grad=False)
+        val_loss.append(vl)
+        val_acc.append(vr / len(yv))
+    meta = {"backend": backend.name, "head": head, "body": net.body, "dtype": plan.dtype, "lr": plan.lr,
+            "optimizer": plan.optimizer.label, "rates": rates.__dict__}
+    traj = Trajectory.from_steps(losses, correct, sizes, len(bounds), val_loss, val_acc, Weights(kh, bh), meta)
+    traj.body = [(k.copy(), b.copy()) for k, b in body]
+    return traj

@@ -1,0 +1,203 @@
+"""Whole networks in the NumPy float64 oracle: gradients, the per-layer rule, and its negative control.
+
+(Framework bodies, cross-framework conversion and the command come with the rest of
+the whole-network work; these tests pin the mathematics they will be compared with.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from equivtest import rand
+from equivtest.backends.numpy import Backend, _loss_and_grad
+from equivtest.backends.numpy_network import backward, col2im, forward, im2col, train_network
+from equivtest.compare import (
+    CONTROL_MARGIN,
+    TOLERANCES,
+    assert_trajectories_close,
+    assert_trajectories_differ,
+)
+from equivtest.heads import softmax_to_sigmoid
+from equivtest.networks import GroupRates, Network, group_rates
+from equivtest.plan import Plan
+from equivtest.sources import digits, surrogate
+
+TOL64 = TOLERANCES["float64"]
+
+
+def _case(body):
+    if body == "cnn":
+        data = digits(images=True)
+        return Network("cnn", data.input_shape, widths=(8, 16)), data
+    data = surrogate(1000, 32, seed=2)
+    return Network(body, data.input_shape), data
+
+
+def test_im2col_and_col2im_are_adjoint():
+    bg = rand.generator(3)
+    x, g = rand.normal(bg, (2, 6, 5, 3)), rand.normal(bg, (2, 4, 3, 27))
+    assert np.isclose(np.sum(im2col(x) * g), np.sum(x * col2im(g, x.shape)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("body", ["mlp", "cnn"])
+def test_network_gradients_match_finite_differences(body):
+    """Every body parameter's closed-form gradient against central differences (float64, with a mask)."""
+    net, data = _case(body)
+    plan = Plan(dtype="float64")
+    bg = rand.generator(5)
+    # random biases: with zero biases, blank image patches sit exactly on ReLU's kink, where a finite
+    # difference straddles it and no derivative exists
+    params = [[k.copy(), 0.1 * rand.normal(bg, b.shape)] for k, b in plan.body_weights(net)]
+    head = plan.initial_weights("softmax", net.width)
+    x, y = data.X_train[:16].astype(np.float64), data.y_train[:16]
+    masks = [(rand.uniform(bg, (16, w)) < 0.5) * 2.0 for w in net.dropout_widths]
+
+    def loss():
+        h, _ = forward(net, params, x, masks)
+        return _loss_and_grad("softmax", h @ head.kernel + head.bias, y, y.astype(float), None, grad=False)[0]
+
+    h, cache = forward(net, params, x, masks)
+    _, _, gz = _loss_and_grad("softmax", h @ head.kernel + head.bias, y, y.astype(float), None)
+    grads = backward(net, params, cache, gz @ head.kernel.T)
+    flat = [p for layer in params for p in layer]
+    for p, g in zip(flat, grads):
+        for j in rand.permutation(bg, p.size)[:6]:
+            i = np.unravel_index(j, p.shape)
+            old, eps = p[i], 1e-6
+            p[i] = old + eps
+            up = loss()
+            p[i] = old - eps
+            down = loss()
+            p[i] = old
+            assert abs((up - down) / (2 * eps) - g[i]) <= 1e-7 + 1e-5 * abs(g[i]), (body, p.shape, i)
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("nesterov", 0.02), ("adam", 1e-3)])
+@pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
+def test_network_per_layer_rule_holds(body, optimizer, lr):
+    """Softmax network at lr vs sigmoid network (converted head) at head x2, body x1: float64-exact."""
+    net, data = _case(body)
+    if body == "none":
+        net = Network("none", data.input_shape)
+    p = Plan(epochs=2, batch_size=64, lr=lr, optimizer=optimizer, dtype="float64")
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    be = Backend()
+    soft = train_network(be, net, "softmax", bw, hw, p, data, group_rates(lr, 0.0, "softmax"))
+    sig = train_network(be, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data, group_rates(lr, 0.0, "sigmoid"))
+    assert_trajectories_close(soft, sig, **TOL64)
+    for (k1, b1), (k2, b2) in zip(soft.body, sig.body):  # the body followed the same path
+        assert np.max(np.abs(k1 - k2)) <= 1e-10 and np.max(np.abs(b1 - b2)) <= 1e-10
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 1e-3)])
+@pytest.mark.parametrize("body", ["mlp", "cnn"])
+def test_network_global_x2_breaks_once_the_body_trains(body, optimizer, lr):
+    """The seed's rule on a whole network: the body runs twice as fast and the paths part (CONTROL_MARGIN)."""
+    net, data = _case(body)
+    p = Plan(epochs=2, batch_size=64, lr=lr, optimizer=optimizer, dtype="float64")
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    be = Backend()
+    soft = train_network(be, net, "softmax", bw, hw, p, data, group_rates(lr, 0.0, "softmax"))
+    glob = train_network(be, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data,
+                         group_rates(lr, 0.0, "sigmoid", rule="global"))
+    assert_trajectories_differ(soft, glob, factor=CONTROL_MARGIN, **TOLERANCES["float32"])
+
+
+@pytest.mark.parametrize("body", ["mlp", "cnn"])
+def test_network_global_x2_holds_with_a_frozen_body(body):
+    net, data = _case(body)
+    p = Plan(epochs=2, batch_size=64, lr=0.05, optimizer="momentum", dtype="float64")
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    be = Backend()
+    soft = train_network(be, net, "softmax", bw, hw, p, data, GroupRates(0.0, 0.05))
+    glob = train_network(be, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data, GroupRates(0.0, 2 * 0.05))
+    assert_trajectories_close(soft, glob, **TOL64)
+
+
+@pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
+def test_networks_differ_by_exactly_d_plus_1_parameters(body):
+    """The head halves (2(w + 1) vs w + 1), the body is shared: the two networks differ by w + 1."""
+    net, data = _case(body)
+    if body == "none":
+        net = Network("none", data.input_shape)
+    p = Plan()
+    body_count = sum(k.size + b.size for k, b in p.body_weights(net))  # the arrays the oracle trains
+    assert body_count == net.n_body_params()
+    soft = body_count + sum(a.size for a in (p.initial_weights("softmax", net.width).kernel,
+                                             p.initial_weights("softmax", net.width).bias))
+    sig = body_count + net.width + 1
+    assert soft - sig == net.width + 1
+
+
+def test_network_inputs_are_checked():
+    from equivtest.errors import InputError
+
+    with pytest.raises(InputError, match="body 'cnn' needs images"):
+        Network("cnn", (64,))
+    with pytest.raises(InputError, match="needs feature vectors"):
+        Network("mlp", (8, 8, 1))
+    with pytest.raises(InputError, match="unknown body"):
+        Network("resnet", (64,))
+
+
+# -- every backend that trains whole networks, against the oracle -------------------------------------
+def _train(backend, *args, **kw):
+    try:
+        return backend.train_network(*args, **kw)
+    except NotImplementedError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
+def test_network_backend_follows_the_oracle(backend, device, body, dtype):
+    """The framework's network (its own layers and layouts) on the oracle's path, step for step."""
+    if dtype == "float64" and not backend.supports_float64:
+        pytest.skip(f"backend '{backend.name}' does not support float64")
+    net, data = _case(body)
+    if body == "none":
+        net = Network("none", data.input_shape)
+    p = Plan(epochs=2, batch_size=64, lr=1e-3, optimizer="adam", dtype=dtype)
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    rates = group_rates(p.lr, 0.0, "softmax")
+    got = _train(backend, net, "softmax", bw, hw, p, data, rates=rates, device=device)
+    ref = Backend(epsilon_convention=backend.epsilon_convention).train_network(
+        net, "softmax", bw, hw, p.replace(dtype="float64"), data, rates=rates)
+    # float32 against the float64 oracle: float32 rounding of every product, as for the heads
+    # (measured: at most 1.2e-7 in step loss for every body, convolutions included)
+    assert_trajectories_close(got, ref, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("momentum", 0.02), ("adam", 1e-3)])
+@pytest.mark.parametrize("body", ["mlp", "cnn"])
+def test_network_per_layer_rule_holds_in_backend(backend, device, body, optimizer, lr):
+    net, data = _case(body)
+    p = Plan(epochs=2, batch_size=64, lr=lr, optimizer=optimizer)
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    soft = _train(backend, net, "softmax", bw, hw, p, data, rates=group_rates(lr, 0.0, "softmax"), device=device)
+    sig = _train(backend, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data,
+                 rates=group_rates(lr, 0.0, "sigmoid"), device=device)
+    assert_trajectories_close(soft, sig, **TOLERANCES["float32"])
+    glob = _train(backend, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data,
+                  rates=group_rates(lr, 0.0, "sigmoid", rule="global"), device=device)
+    assert_trajectories_differ(soft, glob, factor=CONTROL_MARGIN, **TOLERANCES["float32"])
+
+
+def test_network_layouts_convert_exactly():
+    """Canonical (Keras) kernels to torch's layouts and back, and the same predictions from both."""
+    torch = pytest.importorskip("torch", reason="needs torch: pip install 'equivtest[torch]'")
+    from equivtest.backends.torch_network import TorchNetwork, from_torch_kernel, to_torch_kernel
+
+    net, data = _case("cnn")
+    p = Plan(dtype="float64")
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    for k, _ in bw:
+        assert np.array_equal(from_torch_kernel(to_torch_kernel(k)), k)
+    model = TorchNetwork(net, bw, "softmax", torch.device("cpu"), torch.float64)
+    model.set_head(hw)
+    x = data.X_val[:50].astype(np.float64)
+    with torch.no_grad():
+        z = model(torch.as_tensor(x)).numpy()
+    h, _ = forward(net, [list(w) for w in bw], x, [None])
+    assert np.max(np.abs(z - (h @ hw.kernel + hw.bias))) <= 1e-12
