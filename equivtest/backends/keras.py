@@ -130,6 +130,12 @@ class Backend(BaseBackend):
         return p[:, 1] if weights.head == SOFTMAX else p[:, 0]
 
     # -- training -----------------------------------------------------------------
+    def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
+        from .keras_network import train_network
+
+        return train_network(self, network, head, body_init, head_init, plan, data, rates,
+                             self.resolve_device(device))
+
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)

@@ -158,14 +158,17 @@ def test_network_backend_follows_the_oracle(backend, device, body, dtype):
     net, data = _case(body)
     if body == "none":
         net = Network("none", data.input_shape)
-    p = Plan(epochs=2, batch_size=64, lr=1e-3, optimizer="adam", dtype=dtype)
+    # plain SGD: every framework's update is the oracle's to the last bit in float64.  (Keras keeps
+    # momentum 0.9 and Adam's constants at float32 precision: 1e-8 and 2e-7 from the oracle in float64,
+    # for the head alone as for networks; within one framework the rule holds exactly, see below.)
+    p = Plan(epochs=2, batch_size=64, lr=0.05, optimizer="sgd", dtype=dtype)
     bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
     rates = group_rates(p.lr, 0.0, "softmax")
     got = _train(backend, net, "softmax", bw, hw, p, data, rates=rates, device=device)
     ref = Backend(epsilon_convention=backend.epsilon_convention).train_network(
         net, "softmax", bw, hw, p.replace(dtype="float64"), data, rates=rates)
     # float32 against the float64 oracle: float32 rounding of every product, as for the heads
-    # (measured: at most 1.2e-7 in step loss for every body, convolutions included)
+    # (measured: at most 1.2e-7 in step loss for every body, convolutions included, torch and keras)
     assert_trajectories_close(got, ref, **TOLERANCES[dtype])
 
 

@@ -1,0 +1,119 @@
+"""Whole networks in Keras 3 on TensorFlow: Conv2D (NHWC) and Dense bodies, two optimizers.
+
+Keras optimizers have no parameter groups, so the per-layer rule uses Keras's
+documented way of customising ``fit``: a ``keras.Model`` subclass whose
+``train_step`` (written with ``tf.GradientTape``, as Keras's guide to
+customising ``fit()`` with TensorFlow shows) applies one optimizer to the body's
+variables and another to the head's.  The plan's masks come in as a second
+input and multiply the activations where the Dropout layer sits.  Coupled weight
+decay is an L2 regularizer per group (decay / 2), decoupled decay the group
+optimizer's ``weight_decay``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..heads import SOFTMAX, UNITS, Weights
+from ..networks import GroupRates, Network
+from ..plan import Plan
+from ..trajectory import Trajectory
+
+
+def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
+                  rates: GroupRates, device: str = "cpu") -> Trajectory:
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    from ._base import all_finite, batch_sizes, check_finite
+    from ._keras_common import _loss, _targets, floatx, make_optimizer
+
+    dt = plan.dtype
+    opt = plan.optimizer
+
+    def group(lr, decay):
+        coupled = decay and opt.decay == "coupled"
+        reg = keras.regularizers.L2(decay / 2) if coupled else None
+        optimizer = make_optimizer(plan.replace(lr=lr, optimizer=opt.replace(weight_decay=0.0 if coupled else decay)))
+        return reg, optimizer
+
+    n, steps = len(data.y_train), plan.steps_per_epoch(len(data.y_train))
+    with floatx(dt), tf.device(backend.tf_device(device)):
+        # inside floatx: the optimizers keep their learning rates and slots in the run's dtype
+        body_reg, body_opt = group(rates.body_lr, rates.body_decay)
+        head_reg, head_opt = group(rates.head_lr, rates.head_decay)
+        regs = {"kernel_regularizer": body_reg, "bias_regularizer": body_reg, "dtype": dt}
+        a, b = net.widths
+        x_in = keras.Input(net.input_shape, dtype=dt)
+        m_in = keras.Input((net.dropout_widths[0],), dtype=dt)
+        if net.body == "mlp":
+            body = [keras.layers.Dense(a, activation="relu", **regs), keras.layers.Dense(b, activation="relu", **regs)]
+            h = body[1](body[0](x_in) * m_in)
+        elif net.body == "cnn":
+            body = [keras.layers.Conv2D(a, 3, activation="relu", **regs),
+                    keras.layers.Conv2D(b, 3, activation="relu", **regs)]
+            h = keras.layers.GlobalAveragePooling2D(dtype=dt)(body[1](body[0](x_in))) * m_in
+        else:
+            body, h = [], x_in * m_in
+        dense = keras.layers.Dense(UNITS[head], activation="softmax" if head == SOFTMAX else "sigmoid",
+                                   kernel_regularizer=head_reg, bias_regularizer=head_reg, dtype=dt)
+        loss_fn = _loss(head, plan)
+        record = {"loss": tf.Variable(tf.zeros(steps, dt)), "right": tf.Variable(tf.zeros(steps, tf.int32)),
+                  "step": tf.Variable(0)}
+
+        class TwoGroups(keras.Model):
+            """``fit`` with one optimizer per parameter group (Keras's documented train_step override)."""
+
+            def train_step(self, batch):
+                (x, m), y = batch
+                with tf.GradientTape() as tape:
+                    p = self((x, m), training=True)
+                    loss = loss_fn(y, p)
+                    total = loss + (tf.add_n(self.losses) if self.losses else 0.0)
+                body_vars = [v for layer in body for v in layer.trainable_variables]
+                head_vars = dense.trainable_variables
+                grads = tape.gradient(total, body_vars + head_vars)
+                if body_vars:
+                    body_opt.apply(grads[: len(body_vars)], body_vars)
+                head_opt.apply(grads[len(body_vars):], head_vars)
+                hit = (tf.argmax(p, axis=-1) == tf.argmax(y, axis=-1)) if head == SOFTMAX else \
+                    ((p[:, 0] > 0.5) == (y[:, 0] > 0.5))
+                i = record["step"]
+                record["loss"].scatter_nd_update([[i]], [tf.cast(loss, dt)])
+                record["right"].scatter_nd_update([[i]], [tf.reduce_sum(tf.cast(hit, tf.int32))])
+                record["step"].assign_add(1)
+                return {"loss": loss}
+
+        model = TwoGroups([x_in, m_in], dense(h))
+        model.compile(jit_compile=False)
+        for layer, (k, bias) in zip(body, body_init):
+            layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])
+        dense.set_weights([head_init.kernel.astype(dt), head_init.bias.astype(dt)])
+        X, Y = data.X_train.astype(dt), _targets(head, data.y_train, dt)
+        Xv, Yv = data.X_val.astype(dt), _targets(head, data.y_val, dt)
+        ones_v = np.ones((len(Xv), net.dropout_widths[0]), dtype=dt)
+        losses, correct, val_loss, val_acc = [], [], [], []
+        for epoch in range(plan.epochs):
+            order = plan.batch_order(epoch, n)
+            drawn = plan.epoch_masks(epoch, n, net.dropout_widths[0])
+            masks = np.ones((n, net.dropout_widths[0]), dt) if drawn is None else drawn * np.asarray(
+                plan.mask_scale, dtype=dt)
+            record["step"].assign(0)
+            model.fit([X[order], masks.astype(dt)], Y[order], batch_size=plan.batch_size, epochs=1,
+                      shuffle=False, verbose=0)
+            losses.append(record["loss"].numpy().copy())
+            correct.append(record["right"].numpy().copy())
+            check_finite(backend.name, head, losses[-1], epoch * steps,
+                         all_finite(*(v.numpy() for v in model.trainable_variables)))
+            pv = model.predict([Xv, ones_v], batch_size=max(len(Xv), 1), verbose=0)
+            val_loss.append(float(ops.convert_to_numpy(loss_fn(Yv, pv))))
+            right = (pv.argmax(1) == data.y_val) if head == SOFTMAX else ((pv[:, 0] > 0.5) == (data.y_val == 1))
+            val_acc.append(float(np.mean(right)))
+        kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
+        meta = {"backend": backend.name, "head": head, "body": net.body, "device": device, "dtype": dt,
+                "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
+        traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps,
+                                     val_loss, val_acc, Weights(kernel, bias), meta)
+        traj.body = [tuple(ops.convert_to_numpy(v) for v in layer.weights) for layer in body]
+    return traj
