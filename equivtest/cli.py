@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
     r.add_argument("--masks", default="shared", choices=["shared", "independent"],
                    help="dropout masks shared by the runs, or drawn independently as in the seed (default: shared)")
+    r.add_argument("--body", default="none", choices=["none", "mlp", "cnn"],
+                   help="train a whole network: none (the seed's head on features), mlp, or cnn (on images; "
+                        "--features digits then means the 8x8x1 images) (default: none)")
+    r.add_argument("--lr-rule", default="per-layer", choices=["per-layer", "global"],
+                   help="the sigmoid network's rates: per-layer (head x2, body x1) or global (the seed's x2 "
+                        "everywhere: the negative control, exit 1 once the body trains) (default: per-layer)")
     r.add_argument("--out", default="equivtest-report", help="report folder (default: ./equivtest-report)")
     r.add_argument("--quiet", action="store_true", help="no progress display or per-epoch lines")
     r.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
@@ -219,7 +225,28 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
     if not names:
         raise InputError("no backend is installed: pip install 'equivtest[all]'")
     sel.check_devices()
-    dataset = load_features(args.features)
+    network = None
+    if args.body != "none" or args.lr_rule != "per-layer":
+        from .networks import Network
+
+        if args.masks != "shared":
+            raise InputError("--masks independent is for the head alone; whole networks share the plan's masks")
+        if args.body == "cnn" and args.features == "digits":
+            from .sources import digits
+
+            dataset = digits(images=True)
+        else:
+            dataset = load_features(args.features)
+        try:
+            network = Network(args.body, dataset.input_shape)
+        except InputError as exc:
+            raise InputError(f"--body {args.body} with features '{args.features}': {exc}") from None
+        for name in names:
+            if name in ("keras-torch", "keras-jax"):
+                raise InputError(f"backend '{name}' does not train whole networks yet (--body); "
+                                 "use numpy, torch or keras")
+    else:
+        dataset = load_features(args.features)
     for name, reason in sel.missing.items():  # only once the input is known to be good
         print(f"skipping {name}: {reason}", file=sys.stderr)
 
@@ -235,10 +262,16 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
         checkpoint(f"epoch:{prog.done}")
 
     checkpoint("start")
-    res = run_experiment(
-        dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
-        on_run=prog.run, on_epoch=on_epoch,
-    )
+    if network is not None:
+        from .experiment import run_network_experiment
+
+        res = run_network_experiment(dataset, plan, names, network, lr_rule=args.lr_rule, device=args.device,
+                                     on_run=prog.run, on_epoch=on_epoch)
+    else:
+        res = run_experiment(
+            dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
+            on_run=prog.run, on_epoch=on_epoch,
+        )
     prog.close()
     plots = []
     if not args.no_plots and not res.interrupted:

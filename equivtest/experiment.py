@@ -88,6 +88,9 @@ class ExperimentResult:
     wall_s: float = 0.0
     interrupted: bool = False
     lr_factor: float = field(default_factory=rule_lr_factor)
+    #: a whole network's body ("mlp", "cnn") and the learning-rate rule; None: the seed's head on features
+    body: str | None = None
+    lr_rule: str = "per-layer"
 
     @property
     def passed(self) -> bool:
@@ -111,6 +114,7 @@ class ExperimentResult:
             "plan": self.plan.to_dict(),
             "masks": self.masks,
             "lr": {"softmax": self.plan.lr, "sigmoid": self.lr_factor * self.plan.lr, "factor": self.lr_factor},
+            "network": None if self.body is None else {"body": self.body, "lr_rule": self.lr_rule},
             "backends": {
                 n: {"device": r.device, "params": r.params,
                     "runs": {k: t.to_dict(weights=False) for k, t in r.runs.items()}}
@@ -255,4 +259,111 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
             else:  # every backend's softmax run uses the same plan masks in both mask modes
                 checks.append(Check("cross_framework_step_loss", f"{a} vs {b}", gap, TOLERANCES["float32"]["atol"],
                                     "<=", "softmax runs, same plan, masks and initial weights"))
+    return checks
+
+
+# ------------------------------------------------------------------------------------------ networks
+def run_network_experiment(dataset: Dataset, plan: Plan, backend_names, network, *, lr_rule: str = "per-layer",
+                           device: str = "cpu", on_epoch=None, on_run=None) -> ExperimentResult:
+    """The seed's three runs on a whole network (body + head), per backend, then the checks.
+
+    Every run starts from the same body (the plan's); the softmax network trains at
+    ``plan.lr``; both sigmoid networks (converted head, own head) at the rates of
+    ``lr_rule``: ``per-layer`` (head x2, body x1: the rule) or ``global`` (the
+    seed's x2 everywhere: the negative control once the body trains).
+    """
+    from .networks import group_rates
+
+    t0 = time.perf_counter()
+    res = ExperimentResult(plan, {"source": dataset.source, "shape": list(dataset.X.shape),
+                                  "n_train": int(len(dataset.y_train)), "n_val": int(len(dataset.y_val)),
+                                  "description": dataset.description}, "shared")
+    res.body, res.lr_rule = network.body, lr_rule
+    wd = plan.optimizer.weight_decay
+    body_init = plan.body_weights(network)
+    w = plan.initial_weights("softmax", network.width)
+    specs = [("softmax", "softmax", w, group_rates(plan.lr, wd, "softmax")),
+             ("sigmoid_converted", "sigmoid", softmax_to_sigmoid(w), group_rates(plan.lr, wd, "sigmoid", lr_rule)),
+             ("sigmoid_random", "sigmoid", plan.initial_weights("sigmoid", network.width, stream=1),
+              group_rates(plan.lr, wd, "sigmoid", lr_rule))]
+    res.lr_factor = specs[1][3].head_lr / plan.lr
+    try:
+        for be in _registry.load(backend_names):
+            dev = be.resolve_device(_registry.device_for(be.name, device))
+            br = res.results[be.name] = BackendResult(be.name, dev, be.environment())
+            br.params = {"softmax": be.count_network_params(network, "softmax"),
+                         "sigmoid": be.count_network_params(network, "sigmoid")}
+            for name, head, init, rates in specs:
+                if on_run:
+                    on_run(be.name, name)
+                try:
+                    traj = be.train_network(network, head, body_init, init, plan, dataset, rates=rates, device=dev)
+                except NonFiniteLoss as exc:
+                    br.stopped[name] = exc
+                    continue
+                br.runs[name] = traj
+                for e in range(traj.epochs):
+                    if on_epoch:
+                        on_epoch(be.name, name, e, traj.logs(e))
+    except KeyboardInterrupt:
+        res.interrupted = True
+    try:
+        res.checks = compute_network_checks(res, dataset, network)
+    except KeyboardInterrupt:
+        res.interrupted = True
+    res.wall_s = time.perf_counter() - t0
+    return res
+
+
+def compute_network_checks(res: ExperimentResult, dataset: Dataset, network) -> list[Check]:
+    """The network's verdicts: parameter counts (the head halves, the body is shared), conversion of the
+    trained network, the trajectory under the rule, the random-init control, cross-framework."""
+    from .backends.numpy_network import forward
+    from .heads import predict_proba
+
+    checks: list[Check] = []
+    tol = TOLERANCES[res.plan.dtype]["atol"]
+    w = network.width
+    rule = f"{res.lr_rule} rule (sigmoid network: body x{res.lr_factor if res.lr_rule == 'global' else 1:g}, " \
+           f"head x{res.lr_factor:g})"
+    for name, br in res.results.items():
+        for run, exc in br.stopped.items():
+            checks.append(Check("non_finite", name, float(exc.step if exc.step is not None else -1), 0.0, "never",
+                                f"{exc} in run {run}"))
+        if br.params:
+            body = network.n_body_params()
+            checks.append(Check("params_softmax", name, br.params["softmax"], body + 2 * (w + 1), "==",
+                                f"framework's own count = body {body} + 2(w + 1), w = {w}"))
+            checks.append(Check("params_sigmoid", name, br.params["sigmoid"], body + w + 1, "==",
+                                "framework's own count = body + (w + 1)"))
+            checks.append(Check("params_difference", name, br.params["softmax"] - br.params["sigmoid"], w + 1, "==",
+                                "the head halves, the body is shared: the networks differ by w + 1"))
+        soft = br.runs.get("softmax")
+        if soft is None:
+            continue
+        h, _ = forward(network, [list(p) for p in soft.body], dataset.X_val.astype(np.float64),
+                       [None] * len(network.dropout_widths))
+        w64 = soft.weights.astype(np.float64)
+        dp = np.abs(predict_proba(w64, h) - predict_proba(softmax_to_sigmoid(w64), h))
+        checks.append(Check("conversion_max_abs_dp", name, float(np.max(dp)), PROBA_TOLERANCES["float64"]["atol"],
+                            "<=", "trained softmax network vs its body with the converted head (float64)"))
+        conv, rand = br.runs.get("sigmoid_converted"), br.runs.get("sigmoid_random")
+        if conv is not None:
+            c = compare_trajectories(soft, conv)
+            split = c.divergence.describe() if c.divergence is not None else "no split"
+            checks.append(Check("trajectory_gap_step_loss", name, c.fields["step_loss"].max_abs, tol, "<=",
+                                f"softmax network vs converted sigmoid network under the {rule}; {split}"))
+            checks.append(Check("trajectory_gap_val_loss", name, c.fields["val_loss"].max_abs, tol, "<=", "per epoch"))
+            if rand is not None:
+                rgap = compare_trajectories(soft, rand).fields["val_loss"].max_abs
+                checks.append(Check("random_init_gap_val_loss", name, rgap, CONTROL_MARGIN * tol, ">",
+                                    "negative control: a sigmoid head from its own init is a different path"))
+    names = [n for n, r in res.results.items() if "softmax" in r.runs]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ta, tb = res.results[a].runs["softmax"], res.results[b].runs["softmax"]
+            gap = compare_trajectories(ta, tb, dtype="float32").fields["step_loss"].max_abs
+            if res.plan.optimizer.name == "sgd" or _registry.info(a).epsilon_convention == _registry.info(b).epsilon_convention:
+                checks.append(Check("cross_framework_step_loss", f"{a} vs {b}", gap, TOLERANCES["float32"]["atol"],
+                                    "<=", "softmax networks, same plan, masks, body and head init"))
     return checks

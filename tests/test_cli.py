@@ -236,3 +236,30 @@ def test_bad_input_is_one_line_even_when_a_backend_is_missing(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, "run", "--features", "missing.h5", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     _assert_usage_error(res, "no such file")
+
+
+def test_run_a_cnn_on_digit_images_under_the_per_layer_rule(tmp_path):
+    res = equivtest("run", "--body", "cnn", "--features", "digits", "--epochs", "1", "--backend", "numpy",
+                    "--quiet", "--no-plots", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["network"] == {"body": "cnn", "lr_rule": "per-layer"}
+    assert rep["features"]["shape"] == [1797, 8, 8, 1]
+    checks = {c["name"]: c for c in rep["checks"]}
+    assert checks["params_difference"]["value"] == 17 and checks["params_difference"]["passed"]
+    assert checks["trajectory_gap_step_loss"]["value"] <= 1e-5
+    assert "per-layer rule" in res.stdout
+
+
+def test_run_global_rule_fails_once_the_body_trains(tmp_path):
+    res = equivtest("run", "--body", "mlp", "--features", "synthetic:600x16", "--epochs", "1", "--lr", "0.05",
+                    "--lr-rule", "global", "--backend", "numpy", "--quiet", "--no-plots", "--out", str(tmp_path))
+    assert res.returncode == 1, res.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    failed = {c["name"] for c in rep["checks"] if not c["passed"]}
+    assert failed == {"trajectory_gap_step_loss", "trajectory_gap_val_loss"}
+
+
+def test_a_cnn_on_feature_vectors_is_a_usage_error(tmp_path):
+    _assert_usage_error(equivtest("run", "--body", "cnn", "--features", "synthetic:100x8", "--out", str(tmp_path)),
+                        "--body cnn with features 'synthetic:100x8'", "needs images")

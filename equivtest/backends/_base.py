@@ -99,6 +99,10 @@ class BaseBackend:
         """
         raise NotImplementedError(f"backend '{self.name}' does not implement train()")
 
+    def count_network_params(self, network, head: str) -> int:
+        """A whole network's parameter count as the framework itself counts it."""
+        raise NotImplementedError(f"backend '{self.name}' does not build whole networks yet")
+
     def train_network(self, network, head: str, body_init, head_init: Weights, plan: Plan, data: Dataset, *,
                       rates, device: str = "cpu") -> Trajectory:
         """Train a whole network (``equivtest.networks``): body from ``body_init`` (canonical layers),

@@ -130,6 +130,11 @@ class Backend(BaseBackend):
         return p[:, 1] if weights.head == SOFTMAX else p[:, 0]
 
     # -- training -----------------------------------------------------------------
+    def count_network_params(self, network, head: str) -> int:
+        from .keras_network import count_params
+
+        return count_params(network, head)
+
     def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
         from .keras_network import train_network
 

@@ -20,6 +20,36 @@ from ..plan import Plan
 from ..trajectory import Trajectory
 
 
+def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None):
+    """The network's layers in Keras: (inputs [x, mask], body layers, head layer, output)."""
+    import keras
+
+    regs = {"kernel_regularizer": body_reg, "bias_regularizer": body_reg, "dtype": dt}
+    a, b = net.widths
+    x_in = keras.Input(net.input_shape, dtype=dt)
+    m_in = keras.Input((net.dropout_widths[0],), dtype=dt)
+    if net.body == "mlp":
+        body = [keras.layers.Dense(a, activation="relu", **regs), keras.layers.Dense(b, activation="relu", **regs)]
+        h = body[1](body[0](x_in) * m_in)
+    elif net.body == "cnn":
+        body = [keras.layers.Conv2D(a, 3, activation="relu", **regs),
+                keras.layers.Conv2D(b, 3, activation="relu", **regs)]
+        h = keras.layers.GlobalAveragePooling2D(dtype=dt)(body[1](body[0](x_in))) * m_in
+    else:
+        body, h = [], x_in * m_in
+    dense = keras.layers.Dense(UNITS[head], activation="softmax" if head == SOFTMAX else "sigmoid",
+                               kernel_regularizer=head_reg, bias_regularizer=head_reg, dtype=dt)
+    return [x_in, m_in], body, dense, dense(h)
+
+
+def count_params(net: Network, head: str) -> int:
+    """Keras's own count for the network (``Model.count_params()``)."""
+    import keras
+
+    inputs, _, _, out = build(net, head, "float32")
+    return int(keras.Model(inputs, out).count_params())
+
+
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
                   rates: GroupRates, device: str = "cpu") -> Trajectory:
     import keras
@@ -43,21 +73,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         # inside floatx: the optimizers keep their learning rates and slots in the run's dtype
         body_reg, body_opt = group(rates.body_lr, rates.body_decay)
         head_reg, head_opt = group(rates.head_lr, rates.head_decay)
-        regs = {"kernel_regularizer": body_reg, "bias_regularizer": body_reg, "dtype": dt}
-        a, b = net.widths
-        x_in = keras.Input(net.input_shape, dtype=dt)
-        m_in = keras.Input((net.dropout_widths[0],), dtype=dt)
-        if net.body == "mlp":
-            body = [keras.layers.Dense(a, activation="relu", **regs), keras.layers.Dense(b, activation="relu", **regs)]
-            h = body[1](body[0](x_in) * m_in)
-        elif net.body == "cnn":
-            body = [keras.layers.Conv2D(a, 3, activation="relu", **regs),
-                    keras.layers.Conv2D(b, 3, activation="relu", **regs)]
-            h = keras.layers.GlobalAveragePooling2D(dtype=dt)(body[1](body[0](x_in))) * m_in
-        else:
-            body, h = [], x_in * m_in
-        dense = keras.layers.Dense(UNITS[head], activation="softmax" if head == SOFTMAX else "sigmoid",
-                                   kernel_regularizer=head_reg, bias_regularizer=head_reg, dtype=dt)
+        inputs, body, dense, out = build(net, head, dt, body_reg, head_reg)
         loss_fn = _loss(head, plan)
         record = {"loss": tf.Variable(tf.zeros(steps, dt)), "right": tf.Variable(tf.zeros(steps, tf.int32)),
                   "step": tf.Variable(0)}
@@ -85,7 +101,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                 record["step"].assign_add(1)
                 return {"loss": loss}
 
-        model = TwoGroups([x_in, m_in], dense(h))
+        model = TwoGroups(inputs, out)
         model.compile(jit_compile=False)
         for layer, (k, bias) in zip(body, body_init):
             layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])

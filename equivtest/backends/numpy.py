@@ -65,6 +65,14 @@ class Backend(BaseBackend):
         self.resolve_device(device)
         return _predict_proba(weights.astype(dtype), np.asarray(X, dtype=dtype))
 
+    def count_network_params(self, network, head: str) -> int:
+        """The elements of the arrays the oracle trains for ``network`` with ``head``."""
+        from ..plan import Plan
+
+        k = UNITS[check_head(head)]
+        body = sum(w.size + b.size for w, b in Plan().body_weights(network))
+        return body + sum(p.size for p in _parameters(Weights(np.zeros((network.width, k)), np.zeros(k)), np.float64))
+
     def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
         from .numpy_network import train_network
 

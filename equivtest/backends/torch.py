@@ -265,6 +265,13 @@ class Backend(BaseBackend):
                                        initial_accumulator_value=s.initial_accumulator)
         raise NotImplementedError(f"backend 'torch' has no optimizer {s.name!r}")
 
+    def count_network_params(self, network, head: str) -> int:
+        """``sum(p.numel())`` over the network's ``nn.Module``."""
+        from .torch_network import TorchNetwork
+
+        model = TorchNetwork(network, [], head, torch.device("meta"), torch.float32)
+        return int(sum(p.numel() for p in model.parameters()))
+
     def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
         from .torch_network import train_network
 
