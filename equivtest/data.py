@@ -172,13 +172,13 @@ def _check_arrays(X: np.ndarray, y: np.ndarray, where: str) -> None:
 
 
 def _problem_with_train(train) -> str | None:
-    if train.ndim != 2:
-        return f"dataset 'train' must be 2-D (N, D), got shape {train.shape}"
+    if train.ndim not in (2, 4):
+        return f"dataset 'train' must be 2-D features (N, D) or 4-D images (N, H, W, C), got shape {train.shape}"
     if train.dtype.kind not in "biuf":
         return f"dataset 'train' is not numeric (dtype {train.dtype})"
     if train.shape[0] == 0:
         return "dataset 'train' has zero rows"
-    if train.shape[1] == 0:
+    if 0 in train.shape[1:]:
         return f"dataset 'train' has zero features (shape {train.shape})"
     return None
 
@@ -188,11 +188,12 @@ def _nonfinite_problem(X: np.ndarray, name: str = "train") -> str | None:
     if finite.all():
         return None
     bad = np.argwhere(~finite)
-    r, c = bad[0]
-    kind = "NaN" if np.isnan(X[r, c]) else "infinite"
+    first = tuple(int(i) for i in bad[0])
+    kind = "NaN" if np.isnan(X[first]) else "infinite"
+    where = f"column {first[1]}" if len(first) == 2 else f"position {first[1:]}"
     return (
         f"dataset '{name}' has {len(bad)} non-finite value(s) "
-        f"(first: {kind} at row {r}, column {c})"
+        f"(first: {kind} at row {first[0]}, {where})"
     )
 
 
@@ -277,10 +278,11 @@ def _read_h5_arrays(path: Path):
         X_test = None
         if "test" in f:
             t = f["test"]
-            if not isinstance(t, h5py.Dataset) or t.ndim != 2 or t.dtype.kind not in "biuf":
-                raise FeatureError(where, f"dataset 'test' must be a numeric 2-D array, got {getattr(t, 'shape', '?')}")
-            if t.shape[1] != X.shape[1]:
-                raise FeatureError(where, f"dataset 'test' has {t.shape[1]} features but 'train' has {X.shape[1]}")
+            if not isinstance(t, h5py.Dataset) or t.ndim != X.ndim or t.dtype.kind not in "biuf":
+                raise FeatureError(where, f"dataset 'test' must be a numeric {X.ndim}-D array like 'train', "
+                                          f"got {getattr(t, 'shape', '?')}")
+            if t.shape[1:] != X.shape[1:]:
+                raise FeatureError(where, f"dataset 'test' has rows of shape {t.shape[1:]} but 'train' has {X.shape[1:]}")
             X_test = np.asarray(t[()], dtype=np.float32)
     return X, y, X_test
 
@@ -295,6 +297,9 @@ def join_h5(paths, *, split_seed: int = DEFAULT_SEED) -> Dataset:
     if len(paths) == 1:
         return read_h5(paths[0], split_seed=split_seed)
     parts = [_read_h5_arrays(p) for p in paths]
+    for p, part in zip(paths, parts):
+        if part[0].ndim != 2:
+            raise FeatureError(f"features file '{p}'", "holds images (N, H, W, C); only feature vectors can be joined")
     X0, y0, _ = parts[0]
     for p, (X, y, _) in zip(paths[1:], parts[1:]):
         where = f"features files '{paths[0]}' and '{p}'"

@@ -139,3 +139,20 @@ def test_scikit_learn_sets():
     np.testing.assert_allclose(bc.X.mean(axis=0), 0, atol=1e-5)
     dg = load_features("digits")
     assert dg.shape == (1797, 64) and set(dg.y) == {0, 1}
+
+
+def test_an_h5_file_of_images_is_read_and_checked(tmp_path):
+    from equivtest import rand
+
+    bg = rand.generator(4)
+    imgs = rand.uniform(bg, (30, 6, 6, 1)).astype(np.float32)
+    ds = read_h5(make_h5(tmp_path / "img.h5", train=imgs, label=np.arange(30) % 2))
+    assert ds.input_shape == (6, 6, 1) and ds.n_features == 36
+    bad = imgs.copy()
+    bad[3, 2, 1, 0] = np.nan
+    with pytest.raises(FeatureError, match=r"first: NaN at row 3, position \(2, 1, 0\)"):
+        read_h5(make_h5(tmp_path / "nan.h5", train=bad, label=np.arange(30) % 2))
+    with pytest.raises(FeatureError, match="rows of shape"):
+        read_h5(make_h5(tmp_path / "t.h5", train=imgs, label=np.arange(30) % 2, test=np.zeros((4, 5, 6, 1))))
+    with pytest.raises(FeatureError, match="only feature vectors can be joined"):
+        join_h5([tmp_path / "img.h5", tmp_path / "img.h5"])

@@ -204,3 +204,41 @@ def test_network_layouts_convert_exactly():
         z = model(torch.as_tensor(x)).numpy()
     h, _ = forward(net, [list(w) for w in bw], x, [None])
     assert np.max(np.abs(z - (h @ hw.kernel + hw.bias))) <= 1e-12
+
+
+@pytest.mark.needs_backends("torch", "keras")
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-6), ("float64", 1e-12)])
+@pytest.mark.parametrize("body", ["mlp", "cnn"])
+def test_a_network_moved_between_frameworks_predicts_the_same(body, dtype, atol):
+    """The same canonical weights in Keras (Dense/Conv2D, NHWC), PyTorch (Linear/Conv2d, NCHW) and the oracle."""
+    import keras
+    import torch
+
+    from equivtest.backends import get
+    from equivtest.backends._keras_common import floatx
+    from equivtest.backends.keras_network import build
+    from equivtest.backends.torch_network import TorchNetwork
+
+    get("keras")  # Keras on TensorFlow, imported the way the backend imports it
+    net, data = _case(body)
+    p = Plan(dtype="float64")
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    x = data.X_val[:64].astype(dtype)
+    h, _ = forward(net, [list(w) for w in bw], x.astype(np.float64), [None])
+    z = h @ hw.kernel + hw.bias
+    want = np.exp(z - z.max(1, keepdims=True))
+    want = want[:, 1] / want.sum(1)
+    model = TorchNetwork(net, bw, "softmax", torch.device("cpu"), getattr(torch, dtype))
+    model.set_head(hw)
+    with torch.no_grad():
+        got_torch = torch.softmax(model(torch.as_tensor(x)), dim=1)[:, 1].numpy()
+    with floatx(dtype):
+        inputs, body_layers, dense, out = build(net, "softmax", dtype)
+        kmodel = keras.Model(inputs, out)
+        for layer, (k, b) in zip(body_layers, bw):
+            layer.set_weights([k.astype(dtype), b.astype(dtype)])
+        dense.set_weights([hw.kernel.astype(dtype), hw.bias.astype(dtype)])
+        got_keras = kmodel.predict([x, np.ones((len(x), net.dropout_widths[0]), dtype)], verbose=0)[:, 1]
+    assert np.max(np.abs(got_torch - want)) <= atol
+    assert np.max(np.abs(got_keras - want)) <= atol
+    assert np.max(np.abs(got_keras - got_torch)) <= atol
