@@ -242,9 +242,9 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
         except InputError as exc:
             raise InputError(f"--body {args.body} with features '{args.features}': {exc}") from None
         for name in names:
-            if name in ("keras-torch", "keras-jax"):
+            if name == "keras-jax":
                 raise InputError(f"backend '{name}' does not train whole networks yet (--body); "
-                                 "use numpy, torch or keras")
+                                 "use numpy, torch, keras or keras-torch")
     else:
         dataset = load_features(args.features)
     for name, reason in sel.missing.items():  # only once the input is known to be good

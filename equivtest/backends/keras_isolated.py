@@ -67,8 +67,9 @@ class Backend(BaseBackend):
 
                 step = re.search(r"step (\d+)", message)
                 raise NonFiniteLoss(message, int(step.group(1)) if step else None)
+            prefix = "" if message.startswith(f"backend '{self.name}'") else f"backend '{self.name}': "
             raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError}.get(kind, RuntimeError)(
-                f"backend '{self.name}': {message}")
+                prefix + message)
         return value
 
     def close(self):
@@ -101,6 +102,15 @@ class Backend(BaseBackend):
     def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
         self.resolve_device(device)
         return self._call("predict_proba", weights, np.asarray(X), dtype)
+
+    def count_network_params(self, network, head: str) -> int:
+        return self._call("count_network_params", network, head)
+
+    def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
+        device = self.resolve_device(device)
+        traj = self._call("train_network", network, head, body_init, head_init, plan, _portable_data(data), rates)
+        traj.meta["device"] = device
+        return traj
 
     def train(self, head, init, plan, data, *, device="cpu", masks="plan", callback=None, record_history=False):
         self._check_train_args(head, init, plan, data, masks)
@@ -169,6 +179,16 @@ class _Worker:
         k = self.keras
         lib = importlib.import_module(k.backend.backend())
         return {"version": f"keras {k.__version__} / {k.backend.backend()} {lib.__version__}", "tf32": self._tf32}
+
+    def count_network_params(self, network, head: str) -> int:
+        from .keras_network import count_params
+
+        return count_params(network, head)
+
+    def train_network(self, network, head, body_init, head_init, plan, data, rates):
+        from .keras_network import train_network
+
+        return train_network(self, network, head, body_init, head_init, plan, data, rates)
 
     def count_params(self, head: str, d: int) -> int:
         from ._keras_common import plain_model

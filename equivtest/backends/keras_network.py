@@ -2,8 +2,8 @@
 
 Keras optimizers have no parameter groups, so the per-layer rule uses Keras's
 documented way of customising ``fit``: a ``keras.Model`` subclass whose
-``train_step`` (written with ``tf.GradientTape``, as Keras's guide to
-customising ``fit()`` with TensorFlow shows) applies one optimizer to the body's
+``train_step`` (with ``tf.GradientTape`` on TensorFlow, torch autograd on
+PyTorch, as Keras's guides to customising ``fit()`` write them) applies one optimizer to the body's
 variables and another to the head's.  The plan's masks come in as a second
 input and multiply the activations where the Dropout layer sits.  Coupled weight
 decay is an L2 regularizer per group (decay / 2), decoupled decay the group
@@ -52,11 +52,18 @@ def count_params(net: Network, head: str) -> int:
 
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
                   rates: GroupRates, device: str = "cpu") -> Trajectory:
+    import contextlib
+
     import keras
-    import tensorflow as tf
     from keras import ops
 
     from ._base import all_finite, batch_sizes, check_finite
+
+    kind = keras.backend.backend()
+    if kind not in ("tensorflow", "torch"):
+        raise NotImplementedError(
+            f"backend '{backend.name}' does not train whole networks yet (Keras's {kind} train_step is "
+            "stateless and carries one optimizer's state)")
     from ._keras_common import _loss, _targets, floatx, make_optimizer
 
     dt = plan.dtype
@@ -69,14 +76,51 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         return reg, optimizer
 
     n, steps = len(data.y_train), plan.steps_per_epoch(len(data.y_train))
-    with floatx(dt), tf.device(backend.tf_device(device)):
+    if kind == "tensorflow":
+        import tensorflow as tf
+
+        place = tf.device(backend.tf_device(device))
+    else:
+        place = contextlib.nullcontext()
+    with floatx(dt), place:
         # inside floatx: the optimizers keep their learning rates and slots in the run's dtype
         body_reg, body_opt = group(rates.body_lr, rates.body_decay)
         head_reg, head_opt = group(rates.head_lr, rates.head_decay)
         inputs, body, dense, out = build(net, head, dt, body_reg, head_reg)
         loss_fn = _loss(head, plan)
-        record = {"loss": tf.Variable(tf.zeros(steps, dt)), "right": tf.Variable(tf.zeros(steps, tf.int32)),
-                  "step": tf.Variable(0)}
+        body_vars = [v for layer in body for v in layer.trainable_variables]
+        head_vars = dense.trainable_variables
+
+        def hits(p, y):
+            if head == SOFTMAX:
+                return ops.equal(ops.argmax(p, axis=-1), ops.argmax(y, axis=-1))
+            return ops.equal(p[:, 0] > 0.5, y[:, 0] > 0.5)
+
+        class TorchTwoGroups(keras.Model):
+            """The same on Keras's torch backend: autograd, as Keras's guide to customising ``fit()``
+            with PyTorch writes it; runs eagerly, so each step's figures are read as it ends."""
+
+            def train_step(self, batch):
+                import torch
+
+                (x, m), y = batch
+                self.zero_grad()
+                p = self((x, m), training=True)
+                loss = loss_fn(y, p)
+                total = loss + sum(self.losses) if self.losses else loss
+                total.backward()
+                grads = [v.value.grad for v in body_vars + head_vars]
+                with torch.no_grad():
+                    if body_vars:
+                        body_opt.apply(grads[: len(body_vars)], body_vars)
+                    head_opt.apply(grads[len(body_vars):], head_vars)
+                eager_record.append((float(loss.detach()), int(ops.sum(ops.cast(hits(p.detach(), y), "int32")))))
+                return {"loss": loss}
+
+        eager_record: list = []
+        if kind == "tensorflow":
+            record = {"loss": tf.Variable(tf.zeros(steps, dt)), "right": tf.Variable(tf.zeros(steps, tf.int32)),
+                      "step": tf.Variable(0)}
 
         class TwoGroups(keras.Model):
             """``fit`` with one optimizer per parameter group (Keras's documented train_step override)."""
@@ -87,8 +131,6 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                     p = self((x, m), training=True)
                     loss = loss_fn(y, p)
                     total = loss + (tf.add_n(self.losses) if self.losses else 0.0)
-                body_vars = [v for layer in body for v in layer.trainable_variables]
-                head_vars = dense.trainable_variables
                 grads = tape.gradient(total, body_vars + head_vars)
                 if body_vars:
                     body_opt.apply(grads[: len(body_vars)], body_vars)
@@ -101,7 +143,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                 record["step"].assign_add(1)
                 return {"loss": loss}
 
-        model = TwoGroups(inputs, out)
+        model = (TwoGroups if kind == "tensorflow" else TorchTwoGroups)(inputs, out)
         model.compile(jit_compile=False)
         for layer, (k, bias) in zip(body, body_init):
             layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])
@@ -115,13 +157,19 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             drawn = plan.epoch_masks(epoch, n, net.dropout_widths[0])
             masks = np.ones((n, net.dropout_widths[0]), dt) if drawn is None else drawn * np.asarray(
                 plan.mask_scale, dtype=dt)
-            record["step"].assign(0)
+            if kind == "tensorflow":
+                record["step"].assign(0)
+            eager_record.clear()
             model.fit([X[order], masks.astype(dt)], Y[order], batch_size=plan.batch_size, epochs=1,
                       shuffle=False, verbose=0)
-            losses.append(record["loss"].numpy().copy())
-            correct.append(record["right"].numpy().copy())
+            if kind == "tensorflow":
+                losses.append(record["loss"].numpy().copy())
+                correct.append(record["right"].numpy().copy())
+            else:
+                losses.append(np.array([r[0] for r in eager_record]))
+                correct.append(np.array([r[1] for r in eager_record]))
             check_finite(backend.name, head, losses[-1], epoch * steps,
-                         all_finite(*(v.numpy() for v in model.trainable_variables)))
+                         all_finite(*(ops.convert_to_numpy(v) for v in model.trainable_variables)))
             pv = model.predict([Xv, ones_v], batch_size=max(len(Xv), 1), verbose=0)
             val_loss.append(float(ops.convert_to_numpy(loss_fn(Yv, pv))))
             right = (pv.argmax(1) == data.y_val) if head == SOFTMAX else ((pv[:, 0] > 0.5) == (data.y_val == 1))
