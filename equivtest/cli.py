@@ -241,10 +241,6 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
             network = Network(args.body, dataset.input_shape)
         except InputError as exc:
             raise InputError(f"--body {args.body} with features '{args.features}': {exc}") from None
-        for name in names:
-            if name == "keras-jax":
-                raise InputError(f"backend '{name}' does not train whole networks yet (--body); "
-                                 "use numpy, torch, keras or keras-torch")
     else:
         dataset = load_features(args.features)
     for name, reason in sel.missing.items():  # only once the input is known to be good

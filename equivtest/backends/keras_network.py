@@ -3,7 +3,9 @@
 Keras optimizers have no parameter groups, so the per-layer rule uses Keras's
 documented way of customising ``fit``: a ``keras.Model`` subclass whose
 ``train_step`` (with ``tf.GradientTape`` on TensorFlow, torch autograd on
-PyTorch, as Keras's guides to customising ``fit()`` write them) applies one optimizer to the body's
+PyTorch, as Keras's guides to customising ``fit()`` write them; on JAX, whose
+``fit`` carries one optimizer's state, the loop of Keras's guide to training
+from scratch in JAX) applies one optimizer to the body's
 variables and another to the head's.  The plan's masks come in as a second
 input and multiply the activations where the Dropout layer sits.  Coupled weight
 decay is an L2 regularizer per group (decay / 2), decoupled decay the group
@@ -60,10 +62,10 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     from ._base import all_finite, batch_sizes, check_finite
 
     kind = keras.backend.backend()
+    if kind == "jax":
+        return _train_network_jax(backend, net, head, body_init, head_init, plan, data, rates)
     if kind not in ("tensorflow", "torch"):
-        raise NotImplementedError(
-            f"backend '{backend.name}' does not train whole networks yet (Keras's {kind} train_step is "
-            "stateless and carries one optimizer's state)")
+        raise NotImplementedError(f"backend '{backend.name}' does not train whole networks on Keras's {kind}")
     from ._keras_common import _loss, _targets, floatx, make_optimizer
 
     dt = plan.dtype
@@ -84,11 +86,12 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         place = contextlib.nullcontext()
     with floatx(dt), place:
         # inside floatx: the optimizers keep their learning rates and slots in the run's dtype
-        body_reg, body_opt = group(rates.body_lr, rates.body_decay)
+        body_reg, body_opt = group(rates.body_lr, rates.body_decay) if rates.body_lr > 0 else (None, None)
         head_reg, head_opt = group(rates.head_lr, rates.head_decay)
         inputs, body, dense, out = build(net, head, dt, body_reg, head_reg)
         loss_fn = _loss(head, plan)
-        body_vars = [v for layer in body for v in layer.trainable_variables]
+        # a frozen body (learning rate 0) is left out of the update, as a user would freeze it
+        body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
         head_vars = dense.trainable_variables
 
         def hits(p, y):
@@ -180,4 +183,95 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps,
                                      val_loss, val_acc, Weights(kernel, bias), meta)
         traj.body = [tuple(ops.convert_to_numpy(v) for v in layer.weights) for layer in body]
+    return traj
+
+
+def _train_network_jax(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
+                       rates: GroupRates) -> Trajectory:
+    """Keras on JAX: ``fit``'s ``train_step`` is stateless and carries one optimizer, so the loop is the one
+    Keras's guide "writing a training loop from scratch in JAX" writes: ``model.stateless_call``,
+    ``jax.value_and_grad``, and each group's optimizer ``stateless_apply``-ed to its own variables."""
+    import jax
+    import keras
+
+    from ._base import all_finite, batch_sizes, check_finite
+    from ._keras_common import _loss, _targets, floatx, make_optimizer
+
+    dt, opt = plan.dtype, plan.optimizer
+    if (rates.body_decay or rates.head_decay) and opt.decay == "coupled":
+        raise NotImplementedError(f"backend '{backend.name}' trains whole networks without coupled decay only")
+    n, steps = len(data.y_train), plan.steps_per_epoch(len(data.y_train))
+    with floatx(dt):
+        body_opt = make_optimizer(plan.replace(lr=rates.body_lr, optimizer=opt.replace(
+            weight_decay=rates.body_decay))) if rates.body_lr > 0 else None
+        head_opt = make_optimizer(plan.replace(lr=rates.head_lr, optimizer=opt.replace(weight_decay=rates.head_decay)))
+        inputs, body, dense, out = build(net, head, dt)
+        model = keras.Model(inputs, out)
+        for layer, (k, bias) in zip(body, body_init):
+            layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])
+        dense.set_weights([head_init.kernel.astype(dt), head_init.bias.astype(dt)])
+        loss_fn = _loss(head, plan)
+        body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
+        head_vars = list(dense.trainable_variables)
+        order_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        ib, ih = [order_of[id(v)] for v in body_vars], [order_of[id(v)] for v in head_vars]
+        if body_vars:
+            body_opt.build(body_vars)
+        head_opt.build(head_vars)
+        tv = [v.value for v in model.trainable_variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+        bov = [v.value for v in body_opt.variables] if body_vars else []
+        hov = [v.value for v in head_opt.variables]
+
+        def loss_of(tv, ntv, x, m, y):
+            p, ntv = model.stateless_call(tv, ntv, [x, m], training=True)
+            return loss_fn(y, p), (p, ntv)
+
+        grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+        @jax.jit
+        def step(tv, ntv, bov, hov, x, m, y):
+            (loss, (p, ntv)), grads = grad_fn(tv, ntv, x, m, y)
+            tv = list(tv)
+            if ib:
+                new_b, bov = body_opt.stateless_apply(bov, [grads[i] for i in ib], [tv[i] for i in ib])
+                for i, v in zip(ib, new_b):
+                    tv[i] = v
+            new_h, hov = head_opt.stateless_apply(hov, [grads[i] for i in ih], [tv[i] for i in ih])
+            for i, v in zip(ih, new_h):
+                tv[i] = v
+            hit = (p.argmax(-1) == y.argmax(-1)) if head == SOFTMAX else ((p[:, 0] > 0.5) == (y[:, 0] > 0.5))
+            return loss, hit.sum(), tv, ntv, bov, hov
+
+        X, Y = data.X_train.astype(dt), _targets(head, data.y_train, dt)
+        Xv, Yv = data.X_val.astype(dt), _targets(head, data.y_val, dt)
+        ones_v = np.ones((len(Xv), net.dropout_widths[0]), dtype=dt)
+        losses, correct, val_loss, val_acc = [], [], [], []
+        for epoch in range(plan.epochs):
+            order = plan.batch_order(epoch, n)
+            drawn = plan.epoch_masks(epoch, n, net.dropout_widths[0])
+            masks = np.ones((n, net.dropout_widths[0]), dt) if drawn is None else (
+                drawn * np.asarray(plan.mask_scale, dtype=dt)).astype(dt)
+            ls, cs = [], []
+            for s, t in plan.batch_bounds(n):
+                idx = order[s:t]
+                loss, c, tv, ntv, bov, hov = step(tv, ntv, bov, hov, X[idx], masks[s:t], Y[idx])
+                ls.append(loss)
+                cs.append(c)
+            losses.append(np.asarray(jax.device_get(ls), dtype=np.float64))
+            correct.append(np.asarray(jax.device_get(cs)))
+            check_finite(backend.name, head, losses[-1], epoch * steps, all_finite(*jax.device_get(tv)))
+            pv, _ = model.stateless_call(tv, ntv, [Xv, ones_v], training=False)
+            pv = np.asarray(pv)
+            val_loss.append(float(loss_fn(Yv, pv)))
+            right = (pv.argmax(1) == data.y_val) if head == SOFTMAX else ((pv[:, 0] > 0.5) == (data.y_val == 1))
+            val_acc.append(float(np.mean(right)))
+        for v, value in zip(model.trainable_variables, tv):
+            v.assign(value)
+        kernel, bias = (np.asarray(v.value) for v in dense.weights)
+        meta = {"backend": backend.name, "head": head, "body": net.body, "device": "cpu", "dtype": dt,
+                "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
+        traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps,
+                                     val_loss, val_acc, Weights(kernel, bias), meta)
+        traj.body = [tuple(np.asarray(v.value) for v in layer.weights) for layer in body]
     return traj

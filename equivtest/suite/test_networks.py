@@ -242,3 +242,40 @@ def test_a_network_moved_between_frameworks_predicts_the_same(body, dtype, atol)
     assert np.max(np.abs(got_torch - want)) <= atol
     assert np.max(np.abs(got_keras - want)) <= atol
     assert np.max(np.abs(got_keras - got_torch)) <= atol
+
+
+@pytest.mark.parametrize("body", ["mlp", "cnn"])
+def test_network_global_x2_holds_with_a_frozen_body_in_backend(backend, device, body):
+    """The seed's case inside a whole network: body learning rate 0 in both, head at lr and 2 lr."""
+    net, data = _case(body)
+    p = Plan(epochs=2, batch_size=64, lr=0.05, optimizer="momentum")
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    soft = _train(backend, net, "softmax", bw, hw, p, data, rates=GroupRates(0.0, 0.05), device=device)
+    sig = _train(backend, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data, rates=GroupRates(0.0, 0.1),
+                 device=device)
+    assert_trajectories_close(soft, sig, **TOLERANCES["float32"])
+
+
+@pytest.mark.parametrize("optimizer", [
+    pytest.param(dict(name="sgd", momentum=0.9, weight_decay=0.05), id="momentum+l2"),
+    pytest.param(dict(name="adamw", weight_decay=0.5, decay="decoupled"), id="adamw"),
+])
+def test_network_per_layer_rule_with_weight_decay(optimizer):
+    """Body decay x1, head decay / 2 (with head lr x2): the rule per group, decay included (float64 oracle);
+    the head's decay not halved breaks it."""
+    from equivtest.plan import Optimizer
+
+    net, data = _case("mlp")
+    lr = 0.02 if optimizer["name"] == "sgd" else 3e-3
+    p = Plan(epochs=2, batch_size=64, lr=lr, optimizer=Optimizer(**optimizer), dtype="float64")
+    wd = p.optimizer.weight_decay
+    bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
+    be = Backend()
+    soft = train_network(be, net, "softmax", bw, hw, p, data, group_rates(lr, wd, "softmax"))
+    rates = group_rates(lr, wd, "sigmoid")
+    assert (rates.body_decay, rates.head_decay) == (wd, wd / 2)
+    sig = train_network(be, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data, rates)
+    assert_trajectories_close(soft, sig, **TOL64)
+    wrong = train_network(be, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data,
+                          GroupRates(lr, 2 * lr, wd, wd))
+    assert_trajectories_differ(soft, wrong, factor=CONTROL_MARGIN, **TOLERANCES["float32"])
