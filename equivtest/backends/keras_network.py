@@ -59,7 +59,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     import keras
     from keras import ops
 
-    from ._base import all_finite, batch_sizes, check_finite
+    from ._base import all_finite, check_finite
 
     kind = keras.backend.backend()
     if kind == "jax":
@@ -157,13 +157,11 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
-            drawn = plan.epoch_masks(epoch, n, net.dropout_widths[0])
-            masks = np.ones((n, net.dropout_widths[0]), dt) if drawn is None else drawn * np.asarray(
-                plan.mask_scale, dtype=dt)
+            masks = _scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
             if kind == "tensorflow":
                 record["step"].assign(0)
             eager_record.clear()
-            model.fit([X[order], masks.astype(dt)], Y[order], batch_size=plan.batch_size, epochs=1,
+            model.fit([X[order], masks], Y[order], batch_size=plan.batch_size, epochs=1,
                       shuffle=False, verbose=0)
             if kind == "tensorflow":
                 losses.append(record["loss"].numpy().copy())
@@ -174,16 +172,10 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             check_finite(backend.name, head, losses[-1], epoch * steps,
                          all_finite(*(ops.convert_to_numpy(v) for v in model.trainable_variables)))
             pv = model.predict([Xv, ones_v], batch_size=max(len(Xv), 1), verbose=0)
-            val_loss.append(float(ops.convert_to_numpy(loss_fn(Yv, pv))))
-            right = (pv.argmax(1) == data.y_val) if head == SOFTMAX else ((pv[:, 0] > 0.5) == (data.y_val == 1))
-            val_acc.append(float(np.mean(right)))
-        kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
-        meta = {"backend": backend.name, "head": head, "body": net.body, "device": device, "dtype": dt,
-                "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
-        traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps,
-                                     val_loss, val_acc, Weights(kernel, bias), meta)
-        traj.body = [tuple(ops.convert_to_numpy(v) for v in layer.weights) for layer in body]
-    return traj
+            vl, va = _val_figures(loss_fn, head, pv, Yv, data.y_val)
+            val_loss.append(vl)
+            val_acc.append(va)
+        return _trajectory(backend, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, device)
 
 
 def _train_network_jax(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
@@ -194,7 +186,7 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
     import jax
     import keras
 
-    from ._base import all_finite, batch_sizes, check_finite
+    from ._base import all_finite, check_finite
     from ._keras_common import _loss, _targets, floatx, make_optimizer
 
     dt, opt = plan.dtype, plan.optimizer
@@ -249,9 +241,7 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
-            drawn = plan.epoch_masks(epoch, n, net.dropout_widths[0])
-            masks = np.ones((n, net.dropout_widths[0]), dt) if drawn is None else (
-                drawn * np.asarray(plan.mask_scale, dtype=dt)).astype(dt)
+            masks = _scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
             ls, cs = [], []
             for s, t in plan.batch_bounds(n):
                 idx = order[s:t]
@@ -262,16 +252,40 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
             correct.append(np.asarray(jax.device_get(cs)))
             check_finite(backend.name, head, losses[-1], epoch * steps, all_finite(*jax.device_get(tv)))
             pv, _ = model.stateless_call(tv, ntv, [Xv, ones_v], training=False)
-            pv = np.asarray(pv)
-            val_loss.append(float(loss_fn(Yv, pv)))
-            right = (pv.argmax(1) == data.y_val) if head == SOFTMAX else ((pv[:, 0] > 0.5) == (data.y_val == 1))
-            val_acc.append(float(np.mean(right)))
+            vl, va = _val_figures(loss_fn, head, pv, Yv, data.y_val)
+            val_loss.append(vl)
+            val_acc.append(va)
         for v, value in zip(model.trainable_variables, tv):
             v.assign(value)
-        kernel, bias = (np.asarray(v.value) for v in dense.weights)
-        meta = {"backend": backend.name, "head": head, "body": net.body, "device": "cpu", "dtype": dt,
-                "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
-        traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n), steps,
-                                     val_loss, val_acc, Weights(kernel, bias), meta)
-        traj.body = [tuple(np.asarray(v.value) for v in layer.weights) for layer in body]
+        return _trajectory(backend, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, "cpu")
+
+
+def _scaled_masks(plan: Plan, epoch: int, n: int, width: int, dt: str) -> np.ndarray:
+    """The epoch's masks of the network's Dropout layer as ``scale`` or 0 (ones without dropout)."""
+    drawn = plan.epoch_masks(epoch, n, width)
+    if drawn is None:
+        return np.ones((n, width), dt)
+    return (drawn * np.asarray(plan.mask_scale, dtype=dt)).astype(dt)
+
+
+def _val_figures(loss_fn, head: str, pv, Yv, y_val) -> tuple[float, float]:
+    """(val_loss, val_accuracy) from the network's probabilities on the validation set."""
+    from keras import ops
+
+    pv = np.asarray(ops.convert_to_numpy(pv))
+    right = (pv.argmax(1) == y_val) if head == SOFTMAX else ((pv[:, 0] > 0.5) == (y_val == 1))
+    return float(ops.convert_to_numpy(loss_fn(Yv, pv))), float(np.mean(right))
+
+
+def _trajectory(backend, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, device):
+    from keras import ops
+
+    from ._base import batch_sizes
+
+    kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
+    meta = {"backend": backend.name, "head": head, "body": net.body, "device": device, "dtype": plan.dtype,
+            "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
+    traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n),
+                                 plan.steps_per_epoch(n), val_loss, val_acc, Weights(kernel, bias), meta)
+    traj.body = [tuple(ops.convert_to_numpy(v) for v in layer.weights) for layer in body]
     return traj
