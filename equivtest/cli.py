@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr-rule", default="per-layer", choices=["per-layer", "global"],
                    help="the sigmoid network's rates: per-layer (head x2, body x1) or global (the seed's x2 "
                         "everywhere: the negative control, exit 1 once the body trains) (default: per-layer)")
+    r.add_argument("--data-parallel", type=_positive_int, default=1, metavar="N",
+                   help="train each run with DistributedDataParallel on N CPU processes (torch only) (default: 1)")
     r.add_argument("--out", default="equivtest-report", help="report folder (default: ./equivtest-report)")
     r.add_argument("--quiet", action="store_true", help="no progress display or per-epoch lines")
     r.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
@@ -225,6 +227,13 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
     if not names:
         raise InputError("no backend is installed: pip install 'equivtest[all]'")
     sel.check_devices()
+    if args.data_parallel > 1:
+        others = [n for n in names if n != "torch"]
+        if others or args.body != "none" or args.device not in ("cpu", None) or args.masks != "shared":
+            raise InputError(
+                f"--data-parallel {args.data_parallel} runs torch on CPU processes, for the head with shared masks; "
+                + (f"backend '{others[0]}' has no data-parallel training (use --backend torch)" if others
+                   else "drop --body, --device and --masks independent"))
     network = None
     if args.body != "none" or args.lr_rule != "per-layer":
         from .networks import Network
@@ -266,7 +275,7 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
     else:
         res = run_experiment(
             dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
-            on_run=prog.run, on_epoch=on_epoch,
+            on_run=prog.run, on_epoch=on_epoch, data_parallel=args.data_parallel,
         )
     prog.close()
     plots = []

@@ -91,6 +91,8 @@ class ExperimentResult:
     #: a whole network's body ("mlp", "cnn") and the learning-rate rule; None: the seed's head on features
     body: str | None = None
     lr_rule: str = "per-layer"
+    #: DistributedDataParallel processes per run (1: one process)
+    data_parallel: int = 1
 
     @property
     def passed(self) -> bool:
@@ -115,6 +117,7 @@ class ExperimentResult:
             "masks": self.masks,
             "lr": {"softmax": self.plan.lr, "sigmoid": self.lr_factor * self.plan.lr, "factor": self.lr_factor},
             "network": None if self.body is None else {"body": self.body, "lr_rule": self.lr_rule},
+            "data_parallel": self.data_parallel,
             "backends": {
                 n: {"device": r.device, "params": r.params,
                     "runs": {k: t.to_dict(weights=False) for k, t in r.runs.items()}}
@@ -151,8 +154,12 @@ def run_specs(plan: Plan, d: int, masks: str = "shared", factor: float | None = 
 
 
 def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str = "cpu", masks: str = "shared",
-                   lr_factor: float | None = None, on_epoch=None, on_run=None) -> ExperimentResult:
+                   lr_factor: float | None = None, on_epoch=None, on_run=None,
+                   data_parallel: int = 1) -> ExperimentResult:
     """Run the three heads on every backend named, then compute every check.
+
+    ``data_parallel`` > 1 trains each run with DistributedDataParallel on that many
+    CPU processes (:mod:`equivtest.parallel`; torch only).
 
     ``on_run(backend, run)`` is called before each run and ``on_epoch(backend,
     run, epoch, logs)`` after each epoch.  A ``KeyboardInterrupt`` stops the runs;
@@ -163,6 +170,7 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
                                   "n_train": int(len(dataset.y_train)), "n_val": int(len(dataset.y_val)),
                                   "description": dataset.description}, masks)
     res.lr_factor = rule_lr_factor() if lr_factor is None else float(lr_factor)
+    res.data_parallel = int(data_parallel)
     specs = run_specs(plan, dataset.n_features, masks, res.lr_factor)
     try:
         for be in _registry.load(backend_names):
@@ -175,8 +183,16 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
                     on_run(be.name, name)
                 cb = (lambda e, logs, _b=be.name, _n=name: on_epoch(_b, _n, e, logs)) if on_epoch else None
                 try:
-                    br.runs[name] = be.train(head, init, p, dataset, device=dev, callback=cb,
-                                             record_history=name != "sigmoid_random")
+                    if data_parallel > 1:
+                        from . import parallel
+
+                        br.runs[name] = parallel.train(head, init, p, dataset, data_parallel)
+                        for e in range(br.runs[name].epochs):
+                            if cb:
+                                cb(e, br.runs[name].logs(e))
+                    else:
+                        br.runs[name] = be.train(head, init, p, dataset, device=dev, callback=cb,
+                                                 record_history=name != "sigmoid_random")
                 except NonFiniteLoss as exc:  # the run stops; the others go on; a failed check says why
                     br.stopped[name] = exc
     except KeyboardInterrupt:

@@ -13,8 +13,8 @@ from .compare import TOLERANCES
 from .experiment import RUNS, ExperimentResult
 
 RUN_LABELS = {"softmax": "softmax", "sigmoid_converted": "sigmoid (conv)", "sigmoid_random": "sigmoid (rand)"}
-REPORT_KEYS = ("equivtest_version", "created", "environment", "features", "plan", "masks", "lr", "backends",
-               "checks", "seed", "passed", "interrupted", "wall_s")
+REPORT_KEYS = ("equivtest_version", "created", "environment", "features", "plan", "masks", "lr", "network",
+               "data_parallel", "backends", "checks", "seed", "passed", "interrupted", "wall_s")
 
 
 def _fmt(v: float) -> str:
@@ -69,6 +69,7 @@ def _title(res: ExperimentResult) -> str:
     return (f"features {f['source']} ({f['shape'][0]} x {f['shape'][1]}; {f['n_train']} train / {f['n_val']} val); "
             f"{p.optimizer.label} lr {p.lr:g} (sigmoid {res.lr_factor * p.lr:g}), batch {p.batch_size}, {p.epochs} epochs, "
             f"dropout {p.dropout:g}, masks {res.masks}, seed {p.seed}, {p.dtype}"
+            + ("" if res.data_parallel == 1 else f"; data-parallel over {res.data_parallel} processes")
             + ("" if res.body is None else f"; network: body {res.body}, {res.lr_rule} rule "
                f"(sigmoid network: body x{res.lr_factor if res.lr_rule == 'global' else 1:g}, "
                f"head x{res.lr_factor:g})"))

@@ -1,5 +1,6 @@
 """``equivtest`` in a subprocess: exit codes, files written, their contents, bad input."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -263,3 +264,18 @@ def test_run_global_rule_fails_once_the_body_trains(tmp_path):
 def test_a_cnn_on_feature_vectors_is_a_usage_error(tmp_path):
     _assert_usage_error(equivtest("run", "--body", "cnn", "--features", "synthetic:100x8", "--out", str(tmp_path)),
                         "--body cnn with features 'synthetic:100x8'", "needs images")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch: pip install 'equivtest[torch]'")
+def test_run_data_parallel_over_two_processes(tmp_path):
+    res = equivtest("run", "--backend", "torch", "--data-parallel", "2", "--features", "synthetic:600x16",
+                    "--epochs", "1", "--lr", "0.05", "--quiet", "--no-plots", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["data_parallel"] == 2 and rep["backends"]["torch"]["runs"]["softmax"]["meta"]["world_size"] == 2
+    assert "data-parallel over 2 processes" in res.stdout
+
+
+def test_data_parallel_without_torch_alone_is_a_usage_error(tmp_path):
+    _assert_usage_error(equivtest("run", "--backend", "numpy", "--data-parallel", "2", "--out", str(tmp_path)),
+                        "backend 'numpy' has no data-parallel training")

@@ -37,6 +37,13 @@ def pytest_addoption(parser):
         help="features: an h5 file in the seed's schema, several joined with commas, synthetic[:NxD], "
              "breast-cancer or digits (env EQUIVTEST_FEATURES; default: synthetic:2000x128)",
     )
+    _add_data_parallel(group)
+
+
+def _add_data_parallel(group):
+    group.addoption("--data-parallel", dest="equivtest_data_parallel", type=int, default=None, metavar="N",
+                    help="world sizes of the data-parallel tests: N ranks only (env EQUIVTEST_DATA_PARALLEL; "
+                         "default: 2, 3 and 4)")
 
 
 def pytest_configure(config):

@@ -38,9 +38,19 @@ def test_parallel_shards_are_contiguous_and_cover_the_batch():
     assert shard_bounds(7, 9, 4) == [(7, 8), (8, 9), (9, 9), (9, 9)]  # a last batch smaller than the world
 
 
-@pytest.mark.parametrize("world_size, dtype", [(2, "float64"), (3, "float64"), (4, "float32")])
+def pytest_generate_tests(metafunc):
+    """``--data-parallel N`` (or EQUIVTEST_DATA_PARALLEL) picks the world size; by default 2, 3 and 4."""
+    if "world_size" in metafunc.fixturenames:
+        import os
+
+        n = metafunc.config.getoption("equivtest_data_parallel", None) or os.environ.get("EQUIVTEST_DATA_PARALLEL")
+        sizes = [int(n)] if n else [2, 3, 4]
+        metafunc.parametrize("world_size", sizes)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_parallel_weighted_losses_follow_one_process(world_size, dtype):
-    """Batch 100 over 2, 3 (uneven: 34/33/33, last batch 80: 27/27/26) and 4 ranks: one process's path."""
+    """Batch 100 over N ranks (3: uneven, 34/33/33, last batch 80: 27/27/26): one process's path."""
     from equivtest import backends
 
     p = Plan(epochs=2, batch_size=100, lr=0.05, optimizer="momentum", dtype=dtype)
