@@ -56,9 +56,17 @@ def train(head: str, init: Weights, plan: Plan, data, world_size: int, *, weight
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     with tempfile.TemporaryDirectory(prefix="equivtest-ddp-") as tmp:
         out = os.path.join(tmp, "rank0.npz")
-        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-        mp.spawn(_spawned, args=(world_size, env, head, init, plan, _arrays(data), weighted, out),
-                 nprocs=world_size, join=True)
+        for attempt in (1, 2):
+            # the port is free when chosen but not held until rank 0 binds it: another process can take it
+            # in between, so a failed rendezvous is tried once more on a new port (the same run, same bits)
+            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+            try:
+                mp.spawn(_spawned, args=(world_size, env, head, init, plan, _arrays(data), weighted, out),
+                         nprocs=world_size, join=True)
+                break
+            except (mp.ProcessRaisedException, mp.ProcessExitedException):
+                if attempt == 2:
+                    raise
         traj = Trajectory.load(out)
     traj.meta.update({"world_size": world_size, "weighted": weighted})
     return traj
@@ -141,6 +149,7 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, out: str 
                                       "optimizer": plan.optimizer.label})
         if rank == 0 and out:
             traj.save(out)
+        dist.barrier()  # no rank tears down (rank 0 holds the rendezvous store) while another still talks to it
         return traj
     finally:
         dist.destroy_process_group()
