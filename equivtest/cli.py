@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sigmoid network's rates: per-layer (head x2, body x1) or global (the seed's x2 "
                         "everywhere: the negative control, exit 1 once the body trains) (default: per-layer)")
     r.add_argument("--data-parallel", type=_positive_int, default=1, metavar="N",
-                   help="train each run with DistributedDataParallel on N CPU processes (torch only) (default: 1)")
+                   help="train each run data-parallel on N CPU workers with the framework's own engine: torch "
+                        "DistributedDataParallel, keras MirroredStrategy, keras-jax keras.distribution.DataParallel "
+                        "(default: 1)")
     r.add_argument("--out", default="equivtest-report", help="report folder (default: ./equivtest-report)")
     r.add_argument("--quiet", action="store_true", help="no progress display or per-epoch lines")
     r.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
@@ -228,12 +230,13 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
         raise InputError("no backend is installed: pip install 'equivtest[all]'")
     sel.check_devices()
     if args.data_parallel > 1:
-        others = [n for n in names if n != "torch"]
-        if others or args.body != "none" or args.device not in ("cpu", None) or args.masks != "shared":
-            raise InputError(
-                f"--data-parallel {args.data_parallel} runs torch on CPU processes, for the head with shared masks; "
-                + (f"backend '{others[0]}' has no data-parallel training (use --backend torch)" if others
-                   else "drop --body, --device and --masks independent"))
+        from . import parallel
+
+        if args.device not in ("cpu", None) or args.masks != "shared":
+            raise InputError(f"--data-parallel {args.data_parallel} trains on CPU workers with the plan's shared "
+                             "masks: drop --device and --masks independent")
+        for name in names:  # a backend without an engine, or a batch its engine cannot split: one line, exit 2
+            parallel.check(name, plan, 0, args.data_parallel)
     network = None
     if args.body != "none" or args.lr_rule != "per-layer":
         from .networks import Network
@@ -252,6 +255,9 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
             raise InputError(f"--body {args.body} with features '{args.features}': {exc}") from None
     else:
         dataset = load_features(args.features)
+    if args.data_parallel > 1:
+        for name in names:  # now that the training rows are known: the last batch too
+            parallel.check(name, plan, len(dataset.y_train), args.data_parallel)
     for name, reason in sel.missing.items():  # only once the input is known to be good
         print(f"skipping {name}: {reason}", file=sys.stderr)
 
@@ -271,7 +277,7 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
         from .experiment import run_network_experiment
 
         res = run_network_experiment(dataset, plan, names, network, lr_rule=args.lr_rule, device=args.device,
-                                     on_run=prog.run, on_epoch=on_epoch)
+                                     on_run=prog.run, on_epoch=on_epoch, data_parallel=args.data_parallel)
     else:
         res = run_experiment(
             dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,

@@ -158,8 +158,8 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
                    data_parallel: int = 1) -> ExperimentResult:
     """Run the three heads on every backend named, then compute every check.
 
-    ``data_parallel`` > 1 trains each run with DistributedDataParallel on that many
-    CPU processes (:mod:`equivtest.parallel`; torch only).
+    ``data_parallel`` > 1 trains each run on that many CPU workers with the
+    backend's own engine (:mod:`equivtest.parallel`: torch, keras, keras-jax).
 
     ``on_run(backend, run)`` is called before each run and ``on_epoch(backend,
     run, epoch, logs)`` after each epoch.  A ``KeyboardInterrupt`` stops the runs;
@@ -186,7 +186,7 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
                     if data_parallel > 1:
                         from . import parallel
 
-                        br.runs[name] = parallel.train(head, init, p, dataset, data_parallel)
+                        br.runs[name] = parallel.train(head, init, p, dataset, data_parallel, backend=be.name)
                         for e in range(br.runs[name].epochs):
                             if cb:
                                 cb(e, br.runs[name].logs(e))
@@ -280,8 +280,12 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
 
 # ------------------------------------------------------------------------------------------ networks
 def run_network_experiment(dataset: Dataset, plan: Plan, backend_names, network, *, lr_rule: str = "per-layer",
-                           device: str = "cpu", on_epoch=None, on_run=None) -> ExperimentResult:
+                           device: str = "cpu", on_epoch=None, on_run=None,
+                           data_parallel: int = 1) -> ExperimentResult:
     """The seed's three runs on a whole network (body + head), per backend, then the checks.
+
+    ``data_parallel`` > 1 trains each run on that many CPU workers with the
+    backend's own engine (:func:`equivtest.parallel.train_network`).
 
     Every run starts from the same body (the plan's); the softmax network trains at
     ``plan.lr``; both sigmoid networks (converted head, own head) at the rates of
@@ -295,6 +299,7 @@ def run_network_experiment(dataset: Dataset, plan: Plan, backend_names, network,
                                   "n_train": int(len(dataset.y_train)), "n_val": int(len(dataset.y_val)),
                                   "description": dataset.description}, "shared")
     res.body, res.lr_rule = network.body, lr_rule
+    res.data_parallel = int(data_parallel)
     wd = plan.optimizer.weight_decay
     body_init = plan.body_weights(network)
     w = plan.initial_weights("softmax", network.width)
@@ -313,7 +318,14 @@ def run_network_experiment(dataset: Dataset, plan: Plan, backend_names, network,
                 if on_run:
                     on_run(be.name, name)
                 try:
-                    traj = be.train_network(network, head, body_init, init, plan, dataset, rates=rates, device=dev)
+                    if data_parallel > 1:
+                        from . import parallel
+
+                        traj = parallel.train_network(network, head, body_init, init, plan, dataset, rates,
+                                                      data_parallel, backend=be.name)
+                    else:
+                        traj = be.train_network(network, head, body_init, init, plan, dataset, rates=rates,
+                                                device=dev)
                 except NonFiniteLoss as exc:
                     br.stopped[name] = exc
                     continue

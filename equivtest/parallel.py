@@ -1,31 +1,106 @@
-"""Data-parallel training with ``torch.distributed`` (``DistributedDataParallel``, gloo on the CPU).
+"""Data-parallel training with each framework's own engine: the same trajectory on 1, 2 and 4 workers.
 
-Each plan batch is split into ``world_size`` contiguous shards (``numpy.array_split``:
-a batch of 100 over 3 ranks gives 34, 33, 33 rows; a last batch smaller than the
-world leaves some ranks empty); each rank takes its shard's rows and their dropout
-masks.  DDP averages the ranks' gradients, so the update equals the single-process
-one only if each rank's loss is its shard's *sum* of per-sample losses times
-``world_size / B`` (B the global batch size): the mean of those gradients is then
-the gradient of the global batch mean.  ``weighted=False`` uses each rank's own
-shard mean instead (what a plain DDP script does): equal shards give the same
-update, unequal ones weight a small shard's samples more.
+* ``torch``: ``DistributedDataParallel`` over gloo on CPU processes.  Each plan
+  batch is split into ``world_size`` contiguous shards (``numpy.array_split``:
+  a batch of 100 over 3 ranks gives 34, 33, 33 rows; a last batch smaller than
+  the world leaves some ranks empty); each rank takes its shard's rows and their
+  dropout masks.  DDP averages the ranks' gradients, so the update equals the
+  single-process one only if each rank's loss is its shard's *sum* of per-sample
+  losses times ``world_size / B`` (B the global batch size): the mean of those
+  gradients is then the gradient of the global batch mean.  ``weighted=False``
+  uses each rank's own shard mean instead (what a plain DDP script does): equal
+  shards give the same update, unequal ones weight a small shard's samples more.
+  Launch the way users do: ``env://`` rendezvous on localhost (``MASTER_ADDR``,
+  ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``), so the worker also runs under
+  ``torchrun``; :func:`train` spawns the processes itself.
+* ``keras``: ``tf.distribute.MirroredStrategy`` over N logical CPU devices;
+  ``keras-jax``: ``keras.distribution.DataParallel`` over N XLA host devices.
+  Both run in a Keras worker process started for N devices
+  (:mod:`equivtest.backends.keras_parallel` says how each weights its loss).
 
-Launch the way users do: ``env://`` rendezvous on localhost (``MASTER_ADDR``,
-``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``), so the worker also runs under
-``torchrun``; :func:`train` spawns the processes itself.
+Whole networks (:mod:`equivtest.networks`) train the same way
+(:func:`train_network`): the masks of the network's Dropout layer are sharded
+with the rows.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import pickle
 import socket
 import tempfile
 
 import numpy as np
 
+from .errors import InputError
 from .heads import SOFTMAX, Weights
 from .plan import Plan
 from .trajectory import Trajectory
+
+#: backends with a data-parallel engine (declared in the registry's ``BackendInfo.data_parallel``)
+KERAS_ENGINES = ("keras", "keras-jax")
+
+
+def engine(backend: str) -> str | None:
+    """The framework engine that trains ``backend`` data-parallel, or None."""
+    from .backends import info
+
+    return info(backend).data_parallel
+
+
+def check(backend: str, plan: Plan, n: int, world_size: int) -> None:
+    """Raise :class:`~equivtest.errors.InputError` (one line) where ``backend``'s engine cannot split the plan.
+
+    torch takes any split.  Keras on TensorFlow reduces the first batch across
+    replicas when ``fit`` starts (``Trainer._maybe_symbolic_build``), which needs
+    equal per-replica shapes: the batch size must divide by N (a smaller last
+    batch is fine).  JAX shards every batch over the devices' mesh: every batch,
+    the last one too, must divide by N.
+    """
+    if engine(backend) is None:
+        usable = ", ".join(n_ for n_ in ("torch", *KERAS_ENGINES))
+        raise InputError(f"backend '{backend}' has no data-parallel training (backends with it: {usable})")
+    if world_size < 1:
+        raise InputError(f"data-parallel needs at least 1 worker, got {world_size}")
+    if backend == "torch" or world_size == 1:
+        return
+    sizes = [t - s for s, t in plan.batch_bounds(n)] if n else [plan.batch_size]  # n = 0: rows not known yet
+    bad = [k for k in (sizes if backend == "keras-jax" else sizes[:1]) if k % world_size]
+    if bad:
+        which = "every batch (the last one too)" if backend == "keras-jax" else "the first batch"
+        rows = f", {n} training rows" if n else ""
+        raise InputError(
+            f"backend '{backend}' ({engine(backend)}) needs {which} to divide by the {world_size} workers: "
+            f"a batch of {bad[-1]} does not (batch size {plan.batch_size}{rows})")
+
+
+def worker_env(keras_backend: str, n: int, environ) -> dict:
+    """Environment of a Keras worker that sees ``n`` host devices (set before its framework starts)."""
+    env = {"EQUIVTEST_HOST_DEVICES": str(n)}
+    if keras_backend == "jax":
+        flags = f"{environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+        env.update({"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"})
+    return env
+
+
+_keras_workers: dict = {}
+
+
+def _keras_worker(backend: str, world_size: int):
+    """The Keras worker process for ``backend`` with ``world_size`` host devices, started once and kept."""
+    key = (backend, world_size)
+    if key not in _keras_workers:
+        from .backends import info
+        from .backends.keras_isolated import Backend
+
+        reason = info(backend).unavailable_reason()
+        if reason:
+            from .errors import BackendUnavailable
+
+            raise BackendUnavailable(reason)
+        _keras_workers[key] = Backend(backend, host_devices=world_size)
+    return _keras_workers[key]
 
 
 def shard_bounds(s: int, t: int, world_size: int) -> list[tuple[int, int]]:
@@ -44,32 +119,68 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train(head: str, init: Weights, plan: Plan, data, world_size: int, *, weighted: bool = True) -> Trajectory:
-    """Train ``head`` data-parallel on ``world_size`` CPU processes (gloo); rank 0's view of the run.
+def train(head: str, init: Weights, plan: Plan, data, world_size: int, *, weighted: bool = True,
+          backend: str = "torch") -> Trajectory:
+    """Train ``head`` data-parallel on ``world_size`` workers with ``backend``'s engine.
 
-    Per step: the global batch's mean loss and correct count (all-reduced), as a
-    single process reports them; per epoch: the validation figures.
+    Per step: the global batch's mean loss and correct count, as a single
+    process reports them; per epoch: the validation figures.
     """
+    check(backend, plan, len(data.y_train), world_size)
+    if backend != "torch":
+        traj = _keras_worker(backend, world_size).train_parallel(head, init, plan, data, weighted=weighted)
+        traj.meta.setdefault("source", getattr(data, "source", None))
+        return traj
+    return _spawn(world_size, (head, init, plan, _arrays(data), weighted, None), weighted)
+
+
+def train_network(network, head: str, body_init, head_init: Weights, plan: Plan, data, rates, world_size: int, *,
+                  weighted: bool = True, backend: str = "torch") -> Trajectory:
+    """A whole network (body and head, one optimizer per group) trained data-parallel."""
+    check(backend, plan, len(data.y_train), world_size)
+    if backend != "torch":
+        return _keras_worker(backend, world_size).train_network_parallel(
+            network, head, body_init, head_init, plan, data, rates=rates, weighted=weighted)
+    net = (network, body_init, rates)
+    return _spawn(world_size, (head, head_init, plan, _arrays(data), weighted, net), weighted)
+
+
+def _spawn(world_size: int, job: tuple, weighted: bool) -> Trajectory:
+    """Run ``worker(*job)`` on ``world_size`` spawned processes; rank 0's trajectory."""
     import torch.multiprocessing as mp
 
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
     with tempfile.TemporaryDirectory(prefix="equivtest-ddp-") as tmp:
-        out = os.path.join(tmp, "rank0.npz")
+        out = os.path.join(tmp, "rank0.pickle")
         for attempt in (1, 2):
             # the port is free when chosen but not held until rank 0 binds it: another process can take it
             # in between, so a failed rendezvous is tried once more on a new port (the same run, same bits)
             env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
             try:
-                mp.spawn(_spawned, args=(world_size, env, head, init, plan, _arrays(data), weighted, out),
-                         nprocs=world_size, join=True)
+                mp.start_processes(_spawned, args=(world_size, env, job, out), nprocs=world_size, join=True,
+                                   start_method=_start_method())
                 break
             except (mp.ProcessRaisedException, mp.ProcessExitedException):
                 if attempt == 2:
                     raise
-        traj = Trajectory.load(out)
-    traj.meta.update({"world_size": world_size, "weighted": weighted})
+        with open(out, "rb") as f:
+            traj = pickle.load(f)
+    traj.meta.update({"world_size": world_size, "weighted": weighted, "engine": engine("torch")})
     return traj
+
+
+def _start_method() -> str:
+    """``forkserver`` with torch and this module preloaded: the server imports them once, and each rank is
+    a fork of it (a fresh ``spawn`` re-imports torch in every rank, seconds each); ``spawn`` where there
+    is no forkserver (not POSIX)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    # DistributedDataParallel's constructor imports torch._dynamo (about 2 s): preloaded too
+    multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo",
+                                            "equivtest.parallel", "equivtest.backends.torch",
+                                            "equivtest.backends.torch_network"])
+    return "forkserver"
 
 
 def _arrays(data):
@@ -78,14 +189,27 @@ def _arrays(data):
     return SimpleNamespace(X_train=data.X_train, y_train=data.y_train, X_val=data.X_val, y_val=data.y_val)
 
 
-def _spawned(rank, world_size, env, head, init, plan, data, weighted, out):
+def _spawned(rank, world_size, env, job, out):
+    import sys
+
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size)})
-    worker(head, init, plan, data, weighted, out)
+    worker(*job, out=out)
+    # our own rank process, its result written: leave without the interpreter's teardown, which would free
+    # torch.distributed objects in whatever order it meets them (an error raised above still reaches spawn)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
-def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, out: str | None) -> Trajectory | None:
-    """One rank (``RANK``/``WORLD_SIZE``/``MASTER_*`` from the environment, as ``torchrun`` sets them)."""
+def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=None, *,
+           out: str | None = None) -> Trajectory | None:
+    """One rank (``RANK``/``WORLD_SIZE``/``MASTER_*`` from the environment, as ``torchrun`` sets them).
+
+    ``network`` is ``(Network, body_init, GroupRates)`` for a whole network, or None for the head alone.
+    """
+    import warnings
+
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -95,33 +219,60 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, out: str 
     from .backends.torch import _DTYPES, _loss_fn
     from .heads import hits
 
+    own = not dist.is_initialized()  # under torchrun's entry point (main) the group outlives one run
+    # a Conv2d over one input channel has a weight gradient whose strides are ambiguous (size-1 dimension);
+    # DDP's reducer warns that they differ from its bucket view's, which is harmless here
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://")
+    if own:
+        dist.init_process_group("gloo", init_method="env://")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         be = get("torch")
         dt = _DTYPES[plan.dtype]
-        layer = be._linear(init, torch.device("cpu"), dt)
-        model = DDP(layer)
-        opt = be._optimizer(plan, model.parameters())
+        cpu = torch.device("cpu")
         X = torch.as_tensor(data.X_train).to(dt)
         y = torch.as_tensor(data.y_train)
         yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train)).to(dt)
-        n, d = X.shape
+        n = len(data.y_train)
+        if network is None:
+            module = be._linear(init, cpu, dt)
+            model = DDP(module)
+            opt = be._optimizer(plan, model.parameters())
+            width = X.shape[1]
+        else:
+            from .backends.torch_network import TorchNetwork
+
+            net, body_init, rates = network
+            module = TorchNetwork(net, body_init, head, cpu, dt)
+            module.set_head(init)
+            model = DDP(module)
+            body_params = [p for m in module.body_layers() for p in (m.weight, m.bias)]
+            groups = [{"params": body_params, "lr": rates.body_lr, "weight_decay": rates.body_decay}] \
+                if body_params else []
+            groups.append({"params": list(module.head.parameters()), "lr": rates.head_lr,
+                           "weight_decay": rates.head_decay})
+            opt = be._optimizer(plan, groups)
+            width = net.dropout_widths[0]
         bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
         scale = plan.mask_scale
         losses, correct, val_loss, val_acc = [], [], [], []
         loss_mean = _loss_fn(head, plan)
         for epoch in range(plan.epochs):
             order = torch.as_tensor(plan.batch_order(epoch, n))
-            keep = plan.epoch_masks(epoch, n, d)
+            keep = plan.epoch_masks(epoch, n, width)
+            if network is not None and keep is not None:  # the network's Dropout: scaled masks on activations
+                scaled = torch.as_tensor(keep).to(dt) * scale
             for s, t in bounds:
                 a, b = shard_bounds(s, t, world)[rank]
                 idx = order[a:b]
                 xb = X.index_select(0, idx)
-                if keep is not None:
-                    xb = (xb * dt_scalar(scale, dt)) * torch.as_tensor(keep[a:b]).to(dt)
-                z = model(xb)
+                if network is None:
+                    if keep is not None:
+                        xb = (xb * dt_scalar(scale, dt)) * torch.as_tensor(keep[a:b]).to(dt)
+                    z = model(xb)
+                else:
+                    z = model(xb, None if keep is None else scaled[a:b])
                 yb = yt.index_select(0, idx)
                 k = b - a
                 shard_sum = loss_mean(z, yb, None) * k if k else z.sum() * 0.0  # sum of per-sample losses
@@ -137,22 +288,38 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, out: str 
             with torch.no_grad():
                 Xv = torch.as_tensor(data.X_val).to(dt)
                 yv = torch.as_tensor(data.y_val)
-                zv = layer(Xv)
+                zv = module(Xv)
                 yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val)).to(dt)
                 val_loss.append(float(loss_mean(zv, yv_t, None)))
                 val_acc.append(int(hits(head, zv, yv).sum()) / len(yv))
         from .heads import from_torch_layout
 
-        weights = from_torch_layout(layer.weight.detach().numpy(), layer.bias.detach().numpy())
-        traj = Trajectory.from_steps(losses, correct, sizes, len(bounds), val_loss, val_acc, weights,
-                                     {"backend": "torch", "head": head, "dtype": plan.dtype, "lr": plan.lr,
-                                      "optimizer": plan.optimizer.label})
+        last = module if network is None else module.head
+        weights = from_torch_layout(last.weight.detach().numpy(), last.bias.detach().numpy())
+        meta = {"backend": "torch", "head": head, "dtype": plan.dtype, "lr": plan.lr,
+                "optimizer": plan.optimizer.label, "device": "cpu"}
+        if network is not None:
+            meta.update({"body": network[0].body, "rates": network[2].__dict__})
+        traj = Trajectory.from_steps(losses, correct, sizes, len(bounds), val_loss, val_acc, weights, meta)
+        if network is not None:
+            from .backends.torch_network import from_torch_kernel
+
+            traj.body = [(from_torch_kernel(m.weight.detach().numpy()), m.bias.detach().numpy())
+                         for m in module.body_layers()]
         if rank == 0 and out:
-            traj.save(out)
+            with open(out, "wb") as f:  # our own temporary file: pickled whole, the body's weights too
+                pickle.dump(traj, f)
         dist.barrier()  # no rank tears down (rank 0 holds the rendezvous store) while another still talks to it
+        # DDP's Reducer holds the process group: freed from Python (a pybind dealloc that keeps the GIL) after
+        # destroy_process_group, it would be the last owner, and the group's destructor would wait for gloo's
+        # thread while that thread waits for the GIL to free its last work (seen: a rank hung for good).
+        # So the Reducer goes first, while the group is still registered.
+        del model
+        gc.collect()
         return traj
     finally:
-        dist.destroy_process_group()
+        if own:
+            dist.destroy_process_group()
 
 
 def dt_scalar(value: float, dt):
@@ -160,3 +327,74 @@ def dt_scalar(value: float, dt):
     import torch
 
     return torch.tensor(value, dtype=dt)
+
+
+def main(argv=None) -> int:
+    """``torchrun [...] -m equivtest.parallel``: the check across machines.
+
+    Every launched rank trains the softmax head and its converted sigmoid (at 2 x
+    the rate) with DDP over gloo; rank 0 then trains the softmax head in one
+    process and reports both comparisons: exit 0 when they hold, 1 when not, 2 on
+    bad input.  ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``; every node needs the same features (a built-in source, or the
+    same h5 file).
+    """
+    import argparse
+    import json
+    import sys
+
+    from .compare import TOLERANCES, compare_trajectories
+    from .data import load_features
+    from .heads import softmax_to_sigmoid
+
+    ap = argparse.ArgumentParser(prog="torchrun [...] -m equivtest.parallel",
+                                 description="softmax vs converted sigmoid, data-parallel over torchrun's ranks")
+    ap.add_argument("--features", default="synthetic:2000x64", help="features source (default: synthetic:2000x64)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.05, help="the softmax head's rate; the sigmoid's is 2 x")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--out", default=None, help="rank 0 writes the verdict here as JSON")
+    args = ap.parse_args(argv)
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        print(f"python -m equivtest.parallel: {', '.join(missing)} not set: launch it with torchrun", file=sys.stderr)
+        return 2
+    try:
+        data = load_features(args.features)
+        plan = Plan(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype)
+    except (InputError, ValueError) as exc:
+        print(f"python -m equivtest.parallel: {exc}", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="env://")
+    try:
+        w = plan.initial_weights("softmax", data.n_features)
+        soft = worker("softmax", w, plan, _arrays(data), True)
+        sig = worker("sigmoid", softmax_to_sigmoid(w), plan.replace(lr=2 * plan.lr), _arrays(data), True)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    from .backends import get
+
+    one = get("torch").train("softmax", w, plan, data)
+    tol = TOLERANCES[plan.dtype]
+    checks = {"ranks_vs_one_process": compare_trajectories(soft, one, **tol),
+              "softmax_vs_converted_sigmoid": compare_trajectories(soft, sig, **TOLERANCES["float32"])}
+    verdict = {"world_size": world, "features": data.source, "dtype": plan.dtype,
+               "checks": {k: {"ok": c.ok, "max_abs_gap": c.max_abs} for k, c in checks.items()}}
+    verdict["passed"] = all(c.ok for c in checks.values())
+    for k, c in checks.items():
+        print(f"{k} ({world} ranks): {'ok' if c.ok else 'FAILED'} (max |gap| {c.max_abs:.3g})")
+    if args.out:
+        from . import atomic
+
+        atomic.write_text(args.out, json.dumps(verdict, indent=1))
+    return 0 if verdict["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

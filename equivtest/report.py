@@ -69,7 +69,7 @@ def _title(res: ExperimentResult) -> str:
     return (f"features {f['source']} ({f['shape'][0]} x {f['shape'][1]}; {f['n_train']} train / {f['n_val']} val); "
             f"{p.optimizer.label} lr {p.lr:g} (sigmoid {res.lr_factor * p.lr:g}), batch {p.batch_size}, {p.epochs} epochs, "
             f"dropout {p.dropout:g}, masks {res.masks}, seed {p.seed}, {p.dtype}"
-            + ("" if res.data_parallel == 1 else f"; data-parallel over {res.data_parallel} processes")
+            + ("" if res.data_parallel == 1 else f"; data-parallel over {res.data_parallel} workers")
             + ("" if res.body is None else f"; network: body {res.body}, {res.lr_rule} rule "
                f"(sigmoid network: body x{res.lr_factor if res.lr_rule == 'global' else 1:g}, "
                f"head x{res.lr_factor:g})"))

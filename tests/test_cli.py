@@ -273,9 +273,37 @@ def test_run_data_parallel_over_two_processes(tmp_path):
     assert res.returncode == 0, res.stderr
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["data_parallel"] == 2 and rep["backends"]["torch"]["runs"]["softmax"]["meta"]["world_size"] == 2
-    assert "data-parallel over 2 processes" in res.stdout
+    assert "data-parallel over 2 workers" in res.stdout
 
 
-def test_data_parallel_without_torch_alone_is_a_usage_error(tmp_path):
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "tensorflow")),
+                    reason="needs torch and tensorflow: pip install 'equivtest[torch,tensorflow]'")
+def test_run_data_parallel_networks_with_ddp_and_mirrored_strategy(tmp_path):
+    """A whole network (mlp) on 2 workers in torch (DDP) and keras (MirroredStrategy): every check passes."""
+    res = equivtest("run", "--backend", "torch,keras", "--data-parallel", "2", "--body", "mlp", "--features",
+                    "synthetic:600x16", "--epochs", "1", "--lr", "0.05", "--quiet", "--no-plots", "--out",
+                    str(tmp_path), timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["data_parallel"] == 2 and rep["network"]["body"] == "mlp"
+    engines = {b: r["runs"]["softmax"]["meta"]["engine"] for b, r in rep["backends"].items()}
+    assert engines == {"torch": "DistributedDataParallel (gloo)", "keras": "tf.distribute.MirroredStrategy"}
+    assert all(c["passed"] for c in rep["checks"])
+
+
+def test_data_parallel_without_an_engine_is_a_usage_error(tmp_path):
     _assert_usage_error(equivtest("run", "--backend", "numpy", "--data-parallel", "2", "--out", str(tmp_path)),
-                        "backend 'numpy' has no data-parallel training")
+                        "backend 'numpy' has no data-parallel training", "torch, keras, keras-jax")
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("keras", "tensorflow", "jax")),
+                    reason="needs keras, tensorflow and jax: pip install 'equivtest[tensorflow,keras-jax]'")
+def test_data_parallel_batches_an_engine_cannot_split_are_a_usage_error(tmp_path):
+    """Checked before anything trains (the frameworks are not even imported): one line, exit 2."""
+    _assert_usage_error(equivtest("run", "--backend", "keras", "--data-parallel", "3", "--out", str(tmp_path)),
+                        "backend 'keras' (tf.distribute.MirroredStrategy) needs the first batch to divide by the 3 "
+                        "workers: a batch of 128 does not")
+    # 480 training rows in batches of 128: the last, 96, does not split over 5 devices (and 128 neither)
+    _assert_usage_error(equivtest("run", "--backend", "keras-jax", "--data-parallel", "5", "--features",
+                                  "synthetic:600x16", "--out", str(tmp_path)),
+                        "backend 'keras-jax' (keras.distribution.DataParallel) needs every batch")

@@ -40,6 +40,8 @@ class BackendInfo:
     worker_process: bool = False
     #: mixed-precision modes it offers (``Plan.autocast``); the NumPy oracle has none
     autocasts: tuple[str, ...] = ("bfloat16",)
+    #: the framework's own data-parallel engine (:mod:`equivtest.parallel`), or None
+    data_parallel: str | None = None
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -59,10 +61,11 @@ REGISTRY: dict[str, BackendInfo] = {
     "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",),
                          distributions=("numpy",), autocasts=()),
     "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch", ("cpu", "cuda", "mps"),
-                         distributions=("torch",)),
+                         distributions=("torch",), data_parallel="DistributedDataParallel (gloo)"),
     "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow",
                          ("cpu", "cuda"), epsilon_convention="keras",
-                         distributions=("keras", "tensorflow", "tensorflow-cpu")),
+                         distributions=("keras", "tensorflow", "tensorflow-cpu"),
+                         data_parallel="tf.distribute.MirroredStrategy"),
     # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them); fed float64
     # they train at float32 precision, so they do not claim it
     "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras_isolated", ("keras", "torch"), "keras-torch",
@@ -70,7 +73,8 @@ REGISTRY: dict[str, BackendInfo] = {
                                distributions=("keras", "torch"), worker_process=True),
     "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras_isolated", ("keras", "jax"), "keras-jax",
                              "keras", float64=False, epsilon_convention="keras",
-                             distributions=("keras", "jax", "jaxlib"), worker_process=True),
+                             distributions=("keras", "jax", "jaxlib"), worker_process=True,
+                             data_parallel="keras.distribution.DataParallel"),
 }
 NAMES = tuple(REGISTRY)
 #: what "every installed backend" means when none is named; the process-isolated Keras ones are opt-in

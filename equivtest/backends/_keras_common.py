@@ -19,7 +19,11 @@ from ..plan import Plan
 
 
 class PlanDropout(keras.layers.Layer):
-    """Inverted dropout with a mask given as an input: ``x * scale`` where kept, else 0."""
+    """Inverted dropout with a mask given as an input: ``x * scale`` where kept, else 0.
+
+    The mask is boolean, or 0/1 in a float dtype (a strategy's ``fit`` averages its
+    first batch's inputs across replicas, which it cannot do for booleans).
+    """
 
     def __init__(self, scale: float, **kw):
         super().__init__(**kw)
@@ -27,7 +31,8 @@ class PlanDropout(keras.layers.Layer):
 
     def call(self, x, mask):
         scale = ops.convert_to_tensor(self.scale, dtype=x.dtype)  # ops.cast would round via float32
-        return ops.where(mask, x * scale, ops.zeros_like(x))
+        keep = mask if mask.dtype == "bool" else ops.not_equal(mask, 0)
+        return ops.where(keep, x * scale, ops.zeros_like(x))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -85,18 +90,20 @@ class StepRecorder(keras.metrics.Metric):
         self.count.assign(0)
 
 
-def _loss(head: str, plan: Plan) -> keras.losses.Loss:
-    """The Keras loss object a user compiles with, for ``plan``'s loss."""
+def _loss(head: str, plan: Plan, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
+    """The Keras loss object a user compiles with, for ``plan``'s loss (``reduction`` as Keras names it)."""
     label_smoothing = plan.label_smoothing
+    r = {"reduction": reduction}
     if plan.loss == "focal":
         a = plan.focal_alpha
         if head == SOFTMAX:  # alpha multiplies every class
-            return keras.losses.CategoricalFocalCrossentropy(alpha=1.0 if a is None else a, gamma=plan.focal_gamma)
+            return keras.losses.CategoricalFocalCrossentropy(alpha=1.0 if a is None else a, gamma=plan.focal_gamma,
+                                                             **r)
         return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=a is not None,
-                                                    alpha=0.25 if a is None else a, gamma=plan.focal_gamma)
+                                                    alpha=0.25 if a is None else a, gamma=plan.focal_gamma, **r)
     if head == SOFTMAX:
-        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, **r)
+    return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, **r)
 
 
 def _targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:

@@ -26,26 +26,40 @@ from ..heads import Weights
 from ..plan import tf32_requested
 from ._base import BaseBackend
 
-KERAS_BACKENDS = {"keras-torch": "torch", "keras-jax": "jax"}
+KERAS_BACKENDS = {"keras-torch": "torch", "keras-jax": "jax", "keras": "tensorflow"}
 
 
 class Backend(BaseBackend):
-    """A proxy: every call runs in the worker process for ``keras_backend``."""
+    """A proxy: every call runs in the worker process for ``keras_backend``.
+
+    ``host_devices=N`` starts a worker that sees N host devices for Keras's data
+    parallelism (:mod:`keras_parallel`): N logical CPUs on TensorFlow, N XLA host
+    devices (and float64) on JAX.
+    """
 
     framework = "keras"  # float64 not claimed: fed float64, Keras on torch/JAX trains at float32 precision here
 
-    def __init__(self, name: str = "keras-torch"):
+    def __init__(self, name: str = "keras-torch", *, host_devices: int = 0):
         self.name = name
         self.keras_backend = KERAS_BACKENDS[name]
+        self.host_devices = int(host_devices)
         self._conn = None
         self._proc = None
         self._info = None
+
+    def _env(self) -> dict:
+        env = {**os.environ, "KERAS_BACKEND": self.keras_backend}
+        if self.host_devices:
+            from ..parallel import worker_env
+
+            env.update(worker_env(self.keras_backend, self.host_devices, os.environ))
+        return env
 
     # -- the worker ---------------------------------------------------------------
     def _call(self, *request):
         if self._proc is None or self._proc.poll() is not None:
             parent, child = socket.socketpair()
-            env = {**os.environ, "KERAS_BACKEND": self.keras_backend}
+            env = self._env()
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "equivtest.backends.keras_isolated", str(child.fileno())],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
@@ -112,6 +126,14 @@ class Backend(BaseBackend):
         traj.meta["device"] = device
         return traj
 
+    def train_parallel(self, head, init, plan, data, *, weighted=True):
+        """The head trained data-parallel over this worker's host devices (:func:`keras_parallel.train`)."""
+        return self._call("train_parallel", head, init, plan, _portable_data(data), weighted)
+
+    def train_network_parallel(self, network, head, body_init, head_init, plan, data, *, rates, weighted=True):
+        return self._call("train_network_parallel", network, head, body_init, head_init, plan,
+                          _portable_data(data), rates, weighted)
+
     def train(self, head, init, plan, data, *, device="cpu", masks="plan", callback=None, record_history=False):
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
@@ -138,6 +160,10 @@ def _serve(conn) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent handles it and stops the worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("EQUIVTEST_HOST_DEVICES"):
+        from .keras_parallel import configure_host_devices
+
+        configure_host_devices()
     worker = _Worker()
     while True:
         try:
@@ -157,7 +183,7 @@ class _Worker:
         import keras
 
         self.keras = keras
-        self.name = f"keras-{keras.backend.backend()}"
+        self.name = {"tensorflow": "keras"}.get(keras.backend.backend(), f"keras-{keras.backend.backend()}")
         self._tf32 = self._set_tf32(tf32_requested())
 
     def _set_tf32(self, on: bool) -> bool:
@@ -167,6 +193,10 @@ class _Worker:
             import jax
 
             jax.config.update("jax_default_matmul_precision", "tensorfloat32" if on else "highest")
+        elif self.keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.experimental.enable_tensor_float_32_execution(bool(on))
         else:
             from .torch import set_torch_tf32
 
@@ -189,6 +219,17 @@ class _Worker:
         from .keras_network import train_network
 
         return train_network(self, network, head, body_init, head_init, plan, data, rates)
+
+    def train_parallel(self, head, init, plan, data, weighted):
+        from .keras_parallel import host_devices, train
+
+        return train(self.name, head, init, plan, data, host_devices(), weighted)
+
+    def train_network_parallel(self, network, head, body_init, head_init, plan, data, rates, weighted):
+        from .keras_parallel import host_devices, train_network
+
+        return train_network(self.name, network, head, body_init, head_init, plan, data, rates, host_devices(),
+                             weighted)
 
     def count_params(self, head: str, d: int) -> int:
         from ._keras_common import plain_model

@@ -205,36 +205,11 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
         loss_fn = _loss(head, plan)
         body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
         head_vars = list(dense.trainable_variables)
-        order_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
-        ib, ih = [order_of[id(v)] for v in body_vars], [order_of[id(v)] for v in head_vars]
         if body_vars:
             body_opt.build(body_vars)
         head_opt.build(head_vars)
-        tv = [v.value for v in model.trainable_variables]
-        ntv = [v.value for v in model.non_trainable_variables]
-        bov = [v.value for v in body_opt.variables] if body_vars else []
-        hov = [v.value for v in head_opt.variables]
-
-        def loss_of(tv, ntv, x, m, y):
-            p, ntv = model.stateless_call(tv, ntv, [x, m], training=True)
-            return loss_fn(y, p), (p, ntv)
-
-        grad_fn = jax.value_and_grad(loss_of, has_aux=True)
-
-        @jax.jit
-        def step(tv, ntv, bov, hov, x, m, y):
-            (loss, (p, ntv)), grads = grad_fn(tv, ntv, x, m, y)
-            tv = list(tv)
-            if ib:
-                new_b, bov = body_opt.stateless_apply(bov, [grads[i] for i in ib], [tv[i] for i in ib])
-                for i, v in zip(ib, new_b):
-                    tv[i] = v
-            new_h, hov = head_opt.stateless_apply(hov, [grads[i] for i in ih], [tv[i] for i in ih])
-            for i, v in zip(ih, new_h):
-                tv[i] = v
-            hit = (p.argmax(-1) == y.argmax(-1)) if head == SOFTMAX else ((p[:, 0] > 0.5) == (y[:, 0] > 0.5))
-            return loss, hit.sum(), tv, ntv, bov, hov
-
+        step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head))
+        state = JaxState.of(model, body_opt if body_vars else None, head_opt)
         X, Y = data.X_train.astype(dt), _targets(head, data.y_train, dt)
         Xv, Yv = data.X_val.astype(dt), _targets(head, data.y_val, dt)
         ones_v = np.ones((len(Xv), net.dropout_widths[0]), dtype=dt)
@@ -245,19 +220,70 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
             ls, cs = [], []
             for s, t in plan.batch_bounds(n):
                 idx = order[s:t]
-                loss, c, tv, ntv, bov, hov = step(tv, ntv, bov, hov, X[idx], masks[s:t], Y[idx])
+                loss, c, *state.values = step(*state.values, X[idx], masks[s:t], Y[idx])
                 ls.append(loss)
                 cs.append(c)
             losses.append(np.asarray(jax.device_get(ls), dtype=np.float64))
             correct.append(np.asarray(jax.device_get(cs)))
-            check_finite(backend.name, head, losses[-1], epoch * steps, all_finite(*jax.device_get(tv)))
-            pv, _ = model.stateless_call(tv, ntv, [Xv, ones_v], training=False)
+            check_finite(backend.name, head, losses[-1], epoch * steps, all_finite(*jax.device_get(state.values[0])))
+            pv, _ = model.stateless_call(state.values[0], state.values[1], [Xv, ones_v], training=False)
             vl, va = _val_figures(loss_fn, head, pv, Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
-        for v, value in zip(model.trainable_variables, tv):
-            v.assign(value)
+        state.write_back()
         return _trajectory(backend, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, "cpu")
+
+
+def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str):
+    """The training step to jit: ``(tv, ntv, bov, hov, x, m, y) -> (loss, correct, tv, ntv, bov, hov)``.
+
+    ``tv``/``ntv`` are the model's (non-)trainable values, ``bov``/``hov`` the body's and the head's optimizer
+    variables; the body's optimizer is applied only when ``body_vars`` is not empty (a frozen body)."""
+    import jax
+
+    order_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    ib, ih = [order_of[id(v)] for v in body_vars], [order_of[id(v)] for v in head_vars]
+
+    def loss_of(tv, ntv, x, m, y):
+        p, ntv = model.stateless_call(tv, ntv, [x, m], training=True)
+        return loss_fn(y, p), (p, ntv)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def step(tv, ntv, bov, hov, x, m, y):
+        (loss, (p, ntv)), grads = grad_fn(tv, ntv, x, m, y)
+        tv = list(tv)
+        if ib:
+            new_b, bov = body_opt.stateless_apply(bov, [grads[i] for i in ib], [tv[i] for i in ib])
+            for i, v in zip(ib, new_b):
+                tv[i] = v
+        new_h, hov = head_opt.stateless_apply(hov, [grads[i] for i in ih], [tv[i] for i in ih])
+        for i, v in zip(ih, new_h):
+            tv[i] = v
+        hit = (p.argmax(-1) == y.argmax(-1)) if head == SOFTMAX else ((p[:, 0] > 0.5) == (y[:, 0] > 0.5))
+        return loss, hit.sum(), tv, ntv, bov, hov
+
+    return step
+
+
+class JaxState:
+    """The values a from-scratch JAX loop carries between steps: ``[tv, ntv, bov, hov]``."""
+
+    def __init__(self, model, values: list):
+        self.model = model
+        self.values = values
+
+    @classmethod
+    def of(cls, model, body_opt, head_opt) -> JaxState:
+        return cls(model, [[v.value for v in model.trainable_variables],
+                           [v.value for v in model.non_trainable_variables],
+                           [v.value for v in body_opt.variables] if body_opt is not None else [],
+                           [v.value for v in head_opt.variables]])
+
+    def write_back(self) -> None:
+        """The trained values into the model's variables."""
+        for v, value in zip(self.model.trainable_variables, self.values[0]):
+            v.assign(value)
 
 
 def _scaled_masks(plan: Plan, epoch: int, n: int, width: int, dt: str) -> np.ndarray:

@@ -42,8 +42,8 @@ def pytest_addoption(parser):
 
 def _add_data_parallel(group):
     group.addoption("--data-parallel", dest="equivtest_data_parallel", type=int, default=None, metavar="N",
-                    help="world sizes of the data-parallel tests: N ranks only (env EQUIVTEST_DATA_PARALLEL; "
-                         "default: 2, 3 and 4)")
+                    help="world sizes of the data-parallel tests: N workers only, N dividing 120 "
+                         "(env EQUIVTEST_DATA_PARALLEL; default: 2, 3 and 4)")
 
 
 def pytest_configure(config):

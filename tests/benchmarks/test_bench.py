@@ -5,6 +5,7 @@ Skipped unless ``--bench`` is given.  The documented command (README, tox -e ben
     pytest tests/benchmarks --bench --benchmark-group-by=group \
         --benchmark-json=.benchmarks/cpu.json
 
+``test_parallel_epoch`` times data-parallel epochs at N = 1, 2, 4 (``--backend=torch,keras,keras-jax``).
 Every training benchmark reports throughput (``samples_per_s``) in extra_info.
 """
 
@@ -102,3 +103,28 @@ def test_plan_generation(benchmark, form):
     tracemalloc.stop()
     benchmark.extra_info["peak_mib"] = round(peak / 2**20, 1)
     _throughput(benchmark, 5 * n)
+
+
+@pytest.fixture(scope="module")
+def parallel_data():
+    ds = surrogate(10000, 512)  # 8000 training rows: batches of 128, the last of 64 (splits over 1, 2, 4)
+    ds.X_train, ds.X_val  # noqa: B018
+    return ds
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_parallel_epoch(benchmark, backend, parallel_data, world_size):
+    """One data-parallel epoch with the framework's engine (torch DDP, MirroredStrategy, keras.distribution),
+    start-up of the ranks included for torch (forked from a preloaded server); the Keras worker is warm."""
+    from equivtest import parallel
+
+    if parallel.engine(backend.name) is None:
+        pytest.skip(f"backend '{backend.name}' has no data-parallel engine")
+    plan = Plan(epochs=1, batch_size=128, lr=1e-3)
+    init = plan.initial_weights("softmax", parallel_data.n_features)
+    benchmark.group = f"parallel-epoch-{backend.name}"
+    benchmark.extra_info.update(backend=backend.name, world_size=world_size, engine=parallel.engine(backend.name))
+    args = ("softmax", init, plan, parallel_data, world_size)
+    benchmark.pedantic(parallel.train, args=args, kwargs={"backend": backend.name}, rounds=3, iterations=1,
+                       warmup_rounds=1)
+    _throughput(benchmark, len(parallel_data.y_train))
