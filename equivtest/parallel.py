@@ -156,8 +156,9 @@ def _spawn(world_size: int, job: tuple, weighted: bool) -> Trajectory:
             # in between, so a failed rendezvous is tried once more on a new port (the same run, same bits)
             env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
             try:
-                mp.start_processes(_spawned, args=(world_size, env, job, out), nprocs=world_size, join=True,
-                                   start_method=_start_method())
+                ctx = mp.start_processes(_spawned, args=(world_size, env, job, out), nprocs=world_size,
+                                         join=False, start_method=_start_method())
+                _join(ctx, out)
                 break
             except (mp.ProcessRaisedException, mp.ProcessExitedException):
                 if attempt == 2:
@@ -166,6 +167,28 @@ def _spawn(world_size: int, job: tuple, weighted: bool) -> Trajectory:
             traj = pickle.load(f)
     traj.meta.update({"world_size": world_size, "weighted": weighted, "engine": engine("torch")})
     return traj
+
+
+#: seconds the ranks get to exit once rank 0's result is written (they have trained and met at the barrier)
+TEARDOWN_GRACE_S = 60.0
+
+
+def _join(ctx, out: str) -> None:
+    """Wait for the ranks; a rank that raised raises here.  Once rank 0's result is written every rank has
+    finished training, so a rank still alive :data:`TEARDOWN_GRACE_S` later is stuck in torch.distributed's
+    teardown: it is killed and the run stands (a safety net; the teardown order in :func:`worker` avoids the
+    hang we saw)."""
+    import time
+
+    written = None
+    while not ctx.join(timeout=1.0):
+        if written is None and os.path.exists(out):
+            written = time.monotonic()
+        if written is not None and time.monotonic() - written > TEARDOWN_GRACE_S:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            return
 
 
 def _start_method() -> str:
@@ -307,8 +330,9 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
             traj.body = [(from_torch_kernel(m.weight.detach().numpy()), m.bias.detach().numpy())
                          for m in module.body_layers()]
         if rank == 0 and out:
-            with open(out, "wb") as f:  # our own temporary file: pickled whole, the body's weights too
+            with open(out + ".part", "wb") as f:  # our own temporary file: pickled whole, the body's weights too
                 pickle.dump(traj, f)
+            os.replace(out + ".part", out)  # whole or absent: the parent watches for it
         dist.barrier()  # no rank tears down (rank 0 holds the rendezvous store) while another still talks to it
         # DDP's Reducer holds the process group: freed from Python (a pybind dealloc that keeps the GIL) after
         # destroy_process_group, it would be the last owner, and the group's destructor would wait for gloo's
