@@ -38,9 +38,6 @@ from .heads import SOFTMAX, Weights
 from .plan import Plan
 from .trajectory import Trajectory
 
-#: backends with a data-parallel engine (declared in the registry's ``BackendInfo.data_parallel``)
-KERAS_ENGINES = ("keras", "keras-jax")
-
 
 def engine(backend: str) -> str | None:
     """The framework engine that trains ``backend`` data-parallel, or None."""
@@ -59,7 +56,9 @@ def check(backend: str, plan: Plan, n: int, world_size: int) -> None:
     the last one too, must divide by N.
     """
     if engine(backend) is None:
-        usable = ", ".join(n_ for n_ in ("torch", *KERAS_ENGINES))
+        from .backends import REGISTRY
+
+        usable = ", ".join(n_ for n_, bi in REGISTRY.items() if bi.data_parallel)
         raise InputError(f"backend '{backend}' has no data-parallel training (backends with it: {usable})")
     if world_size < 1:
         raise InputError(f"data-parallel needs at least 1 worker, got {world_size}")

@@ -41,6 +41,13 @@ class PlanDropout(keras.layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
+def hits(head: str, y_true, y_pred):
+    """Which predictions are right, from probabilities and one-hot / 0-1 targets, as Keras tensors."""
+    if head == SOFTMAX:
+        return ops.equal(ops.argmax(y_pred, axis=-1), ops.argmax(y_true, axis=-1))
+    return ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0] > 0.5, "int32"))
+
+
 class StepRecorder(keras.metrics.Metric):
     """Stores each training step's mean batch loss and number of correct predictions.
 
@@ -64,10 +71,7 @@ class StepRecorder(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         loss = self.loss(y_true, y_pred, sample_weight=sample_weight)  # the compiled loss: same value
-        if self.head == SOFTMAX:
-            hit = ops.equal(ops.argmax(y_pred, axis=-1), ops.argmax(y_true, axis=-1))
-        else:
-            hit = ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0] > 0.5, "int32"))
+        hit = hits(self.head, y_true, y_pred)
         # .value: the backend tensor behind a Keras variable (JAX refuses variables inside jitted ops)
         count = self.count.value
         i = ops.reshape(count, (1,))

@@ -66,7 +66,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         return _train_network_jax(backend, net, head, body_init, head_init, plan, data, rates)
     if kind not in ("tensorflow", "torch"):
         raise NotImplementedError(f"backend '{backend.name}' does not train whole networks on Keras's {kind}")
-    from ._keras_common import _loss, _targets, floatx, make_optimizer
+    from ._keras_common import _loss, floatx, make_optimizer
 
     dt = plan.dtype
     opt = plan.optimizer
@@ -148,12 +148,8 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
 
         model = (TwoGroups if kind == "tensorflow" else TorchTwoGroups)(inputs, out)
         model.compile(jit_compile=False)
-        for layer, (k, bias) in zip(body, body_init):
-            layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])
-        dense.set_weights([head_init.kernel.astype(dt), head_init.bias.astype(dt)])
-        X, Y = data.X_train.astype(dt), _targets(head, data.y_train, dt)
-        Xv, Yv = data.X_val.astype(dt), _targets(head, data.y_val, dt)
-        ones_v = np.ones((len(Xv), net.dropout_widths[0]), dtype=dt)
+        set_initial(body, dense, body_init, head_init, dt)
+        X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
@@ -175,7 +171,8 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             vl, va = _val_figures(loss_fn, head, pv, Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
-        return _trajectory(backend, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, device)
+        return _trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
+                           device)
 
 
 def _train_network_jax(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
@@ -187,32 +184,22 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
     import keras
 
     from ._base import all_finite, check_finite
-    from ._keras_common import _loss, _targets, floatx, make_optimizer
+    from ._keras_common import _loss, floatx
 
     dt, opt = plan.dtype, plan.optimizer
     if (rates.body_decay or rates.head_decay) and opt.decay == "coupled":
         raise NotImplementedError(f"backend '{backend.name}' trains whole networks without coupled decay only")
     n, steps = len(data.y_train), plan.steps_per_epoch(len(data.y_train))
     with floatx(dt):
-        body_opt = make_optimizer(plan.replace(lr=rates.body_lr, optimizer=opt.replace(
-            weight_decay=rates.body_decay))) if rates.body_lr > 0 else None
-        head_opt = make_optimizer(plan.replace(lr=rates.head_lr, optimizer=opt.replace(weight_decay=rates.head_decay)))
+        body_opt, head_opt = group_optimizers(plan, rates)
         inputs, body, dense, out = build(net, head, dt)
         model = keras.Model(inputs, out)
-        for layer, (k, bias) in zip(body, body_init):
-            layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])
-        dense.set_weights([head_init.kernel.astype(dt), head_init.bias.astype(dt)])
+        set_initial(body, dense, body_init, head_init, dt)
         loss_fn = _loss(head, plan)
-        body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
-        head_vars = list(dense.trainable_variables)
-        if body_vars:
-            body_opt.build(body_vars)
-        head_opt.build(head_vars)
+        body_vars, head_vars = group_variables(body, dense, body_opt, head_opt)
         step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head))
         state = JaxState.of(model, body_opt if body_vars else None, head_opt)
-        X, Y = data.X_train.astype(dt), _targets(head, data.y_train, dt)
-        Xv, Yv = data.X_val.astype(dt), _targets(head, data.y_val, dt)
-        ones_v = np.ones((len(Xv), net.dropout_widths[0]), dtype=dt)
+        X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
@@ -231,7 +218,46 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
             val_loss.append(vl)
             val_acc.append(va)
         state.write_back()
-        return _trajectory(backend, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, "cpu")
+        return _trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
+                           "cpu")
+
+
+def group_optimizers(plan: Plan, rates: GroupRates):
+    """(body, head) optimizers at the groups' rates with decoupled decay; no body optimizer for a frozen body."""
+    from ._keras_common import make_optimizer
+
+    opt = plan.optimizer
+    body_opt = make_optimizer(plan.replace(lr=rates.body_lr, optimizer=opt.replace(
+        weight_decay=rates.body_decay))) if rates.body_lr > 0 else None
+    head_opt = make_optimizer(plan.replace(lr=rates.head_lr, optimizer=opt.replace(weight_decay=rates.head_decay)))
+    return body_opt, head_opt
+
+
+def group_variables(body, dense, body_opt, head_opt) -> tuple[list, list]:
+    """The body's and the head's trainable variables, each group's optimizer built on them (no body
+    variables when the body is frozen)."""
+    body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
+    head_vars = list(dense.trainable_variables)
+    if body_vars:
+        body_opt.build(body_vars)
+    head_opt.build(head_vars)
+    return body_vars, head_vars
+
+
+def set_initial(body, dense, body_init, head_init: Weights, dt: str) -> None:
+    """The plan's body weights and the run's head weights into the Keras layers."""
+    for layer, (k, bias) in zip(body, body_init):
+        layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])
+    dense.set_weights([head_init.kernel.astype(dt), head_init.bias.astype(dt)])
+
+
+def arrays(net: Network, head: str, data, dt: str):
+    """(X, Y, X_val, Y_val, ones for the validation masks) in the run's dtype, Y as the head's targets."""
+    from ._keras_common import _targets
+
+    Xv = data.X_val.astype(dt)
+    return (data.X_train.astype(dt), _targets(head, data.y_train, dt), Xv, _targets(head, data.y_val, dt),
+            np.ones((len(Xv), net.dropout_widths[0]), dtype=dt))
 
 
 def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str):
@@ -303,13 +329,13 @@ def _val_figures(loss_fn, head: str, pv, Yv, y_val) -> tuple[float, float]:
     return float(ops.convert_to_numpy(loss_fn(Yv, pv))), float(np.mean(right))
 
 
-def _trajectory(backend, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, device):
+def _trajectory(name: str, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, device):
     from keras import ops
 
     from ._base import batch_sizes
 
     kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
-    meta = {"backend": backend.name, "head": head, "body": net.body, "device": device, "dtype": plan.dtype,
+    meta = {"backend": name, "head": head, "body": net.body, "device": device, "dtype": plan.dtype,
             "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
     traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), batch_sizes(plan, n),
                                  plan.steps_per_epoch(n), val_loss, val_acc, Weights(kernel, bias), meta)

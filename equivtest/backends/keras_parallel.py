@@ -34,15 +34,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..heads import SOFTMAX, Weights
+from ..heads import Weights
 from ..plan import Plan
 from ..trajectory import Trajectory
+from . import keras_network as kn
 from ._keras_common import (
     PlanDropout,
     _loss,
     _targets,
     dense_layer,
     floatx,
+    hits,
     make_optimizer,
     plain_model,
 )
@@ -120,10 +122,7 @@ class ShardRecorder(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         total = ops.sum(self.per_sample(y_true, y_pred))
-        if self.head == SOFTMAX:
-            hit = ops.equal(ops.argmax(y_pred, axis=-1), ops.argmax(y_true, axis=-1))
-        else:
-            hit = ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0] > 0.5, "int32"))
+        hit = hits(self.head, y_true, y_pred)
         count = self.count.value  # this replica's copy, in replica context
         i = ops.reshape(count, (1,))
         self.values.assign(ops.slice_update(self.values.value, i, ops.reshape(ops.cast(total, self.dtype), (1,))))
@@ -154,13 +153,6 @@ def _row_weights(plan: Plan, n: int) -> np.ndarray:
     """1 / (the global batch's size) for every row of an epoch, in the plan's dtype."""
     sizes = [t - s for s, t in plan.batch_bounds(n)]
     return np.concatenate([np.full(k, 1.0 / k) for k in sizes]).astype(plan.dtype)
-
-
-def _val_figures(head: str, plan: Plan, evaluator: keras.Model, Xv, Yv, y_val) -> tuple[float, float]:
-    """val_loss and val_accuracy, outside any strategy (whose scope would scale a Keras loss by 1/N)."""
-    p = np.asarray(ops.convert_to_numpy(evaluator(Xv, training=False)))
-    right = (p.argmax(1) == y_val) if head == SOFTMAX else ((p[:, 0] > 0.5) == (y_val == 1))
-    return float(ops.convert_to_numpy(_loss(head, plan)(Yv, p))), float(np.mean(right))
 
 
 def train(name: str, head: str, init: Weights, plan: Plan, data, world: int, weighted: bool = True) -> Trajectory:
@@ -204,23 +196,21 @@ def train(name: str, head: str, init: Weights, plan: Plan, data, world: int, wei
             correct.append(step_right)
             check_finite(name, head, step_loss, epoch * steps,
                          all_finite(*(ops.convert_to_numpy(v) for v in dense.weights)))
-            vl, va = _val_figures(head, plan, evaluator, Xv, Yv, data.y_val)
+            # outside any strategy, whose scope would scale a Keras loss by 1/N
+            vl, va = kn._val_figures(_loss(head, plan), head, evaluator(Xv, training=False), Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
     kernel, bias = (np.asarray(ops.convert_to_numpy(v)) for v in dense.weights)
+    meta = {"backend": name, "head": head, "dtype": plan.dtype, "lr": plan.lr, "optimizer": plan.optimizer.label,
+            "device": "cpu", **_meta(name, world, weighted and kind != "jax")}
     return Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
-                                 Weights(kernel, bias), _meta(name, head, plan, world, weighted and kind != "jax"))
+                                 Weights(kernel, bias), meta)
 
 
-def _meta(name: str, head: str, plan: Plan, world: int, weighted: bool) -> dict:
-    return {"backend": name, "head": head, "dtype": plan.dtype, "lr": plan.lr, "optimizer": plan.optimizer.label,
-            "device": "cpu", "world_size": world, "weighted": weighted,
-            "engine": engine(keras.backend.backend())}
+def _meta(name: str, world: int, weighted: bool) -> dict:
+    from . import info
 
-
-def engine(kind: str) -> str:
-    return {"tensorflow": "tf.distribute.MirroredStrategy",
-            "jax": "keras.distribution.DataParallel"}.get(kind, kind)
+    return {"world_size": world, "weighted": weighted, "engine": info(name).data_parallel}
 
 
 # ------------------------------------------------------------------------------ whole networks
@@ -233,44 +223,31 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
     gradients).  JAX: the from-scratch loop with each batch placed by the
     distribution's data layout, so the jitted step runs sharded.
     """
-    from . import keras_network as kn
     from ._base import all_finite, batch_sizes, check_finite
 
     _refuse(plan, name)
     kind = keras.backend.backend()
     dt, opt = plan.dtype, plan.optimizer
-    coupled = (rates.body_decay or rates.head_decay) and opt.decay == "coupled"
-    if coupled:
+    if (rates.body_decay or rates.head_decay) and opt.decay == "coupled":
         raise NotImplementedError(f"backend '{name}' trains whole networks data-parallel without coupled decay")
     n = len(data.y_train)
     steps, sizes, width = plan.steps_per_epoch(n), batch_sizes(plan, n), net.dropout_widths[0]
-    X, Y = data.X_train.astype(dt), _targets(head, data.y_train, dt)
-    Xv, Yv = data.X_val.astype(dt), _targets(head, data.y_val, dt)
-    ones_v = np.ones((len(Xv), width), dtype=dt)
+    X, Y, Xv, Yv, ones_v = kn.arrays(net, head, data, dt)
     sums = kind == "tensorflow" and weighted
     weights = _row_weights(plan, n) if sums else None
     losses, correct, val_loss, val_acc = [], [], [], []
     with floatx(dt):
         with distributed(world):
-            body_opt = make_optimizer(plan.replace(lr=rates.body_lr, optimizer=opt.replace(
-                weight_decay=rates.body_decay))) if rates.body_lr > 0 else None
-            head_opt = make_optimizer(plan.replace(lr=rates.head_lr, optimizer=opt.replace(
-                weight_decay=rates.head_decay)))
+            body_opt, head_opt = kn.group_optimizers(plan, rates)
             inputs, body, dense, out = kn.build(net, head, dt)
-            body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
-            head_vars = list(dense.trainable_variables)
-            if body_vars:
-                body_opt.build(body_vars)
-            head_opt.build(head_vars)
+            body_vars, head_vars = kn.group_variables(body, dense, body_opt, head_opt)
             loss_fn = _loss(head, plan, "sum" if sums else "sum_over_batch_size")
             if kind == "tensorflow":
                 recorder = ShardRecorder(head, steps, dt, _loss(head, plan, reduction=None))
                 model = _tf_two_groups(inputs, out, loss_fn, recorder, body_opt, head_opt, body_vars, head_vars)
             else:
                 model = keras.Model(inputs, out)
-            for layer, (k, bias) in zip(body, body_init):
-                layer.set_weights([np.asarray(k, dtype=dt), np.asarray(bias, dtype=dt)])
-            dense.set_weights([head_init.kernel.astype(dt), head_init.bias.astype(dt)])
+            kn.set_initial(body, dense, body_init, head_init, dt)
             if kind == "jax":
                 run_epoch = _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head)
         for epoch in range(plan.epochs):
@@ -288,18 +265,11 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
             correct.append(step_right)
             check_finite(name, head, step_loss, epoch * steps,
                          all_finite(*(ops.convert_to_numpy(v) for v in model.trainable_variables)))
-            pv = model([Xv, ones_v], training=False)
-            vl, va = kn._val_figures(_loss(head, plan), head, pv, Yv, data.y_val)
+            vl, va = kn._val_figures(_loss(head, plan), head, model([Xv, ones_v], training=False), Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
-
-    class _Named:  # what keras_network._trajectory reads of a backend
-        pass
-
-    be = _Named()
-    be.name = name
-    traj = kn._trajectory(be, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, "cpu")
-    traj.meta.update({"world_size": world, "weighted": weighted and kind != "jax", "engine": engine(kind)})
+    traj = kn._trajectory(name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, "cpu")
+    traj.meta.update(_meta(name, world, weighted and kind != "jax"))
     return traj
 
 
@@ -330,8 +300,6 @@ def _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: s
     """One epoch of the from-scratch JAX loop with each batch placed by the distribution's data layout:
     returns each step's (global batch mean) loss and correct count."""
     import jax
-
-    from . import keras_network as kn
 
     step = jax.jit(kn.jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head))
     state = kn.JaxState.of(model, body_opt if body_vars else None, head_opt)
