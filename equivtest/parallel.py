@@ -102,6 +102,24 @@ def _keras_worker(backend: str, world_size: int):
     return _keras_workers[key]
 
 
+def prestart(backend: str, world_size: int) -> None:
+    """Start the Keras worker for ``backend`` and ``world_size`` now, so its framework loads while the caller
+    does other work (the suite calls it when collection ends).  Nothing for torch, or an absent framework."""
+    if engine(backend) is None or backend == "torch":
+        return
+    from .backends import info
+
+    if info(backend).unavailable_reason() is None:
+        _keras_worker(backend, world_size).start()
+
+
+def close_workers() -> None:
+    """Stop every Keras worker this process started (the suite calls it when the session ends)."""
+    while _keras_workers:
+        _, worker = _keras_workers.popitem()
+        worker.close()
+
+
 def shard_bounds(s: int, t: int, world_size: int) -> list[tuple[int, int]]:
     """The contiguous (start, stop) of each rank's shard of batch rows s..t (``numpy.array_split``)."""
     sizes = [len(a) for a in np.array_split(np.arange(s, t), world_size)]

@@ -14,9 +14,24 @@ from equivtest.report import REPORT_KEYS
 SMALL = ["--features", "synthetic:600x32", "--epochs", "2", "--batch-size", "64", "--lr", "0.05", "--backend", "numpy"]
 
 
-def equivtest(*args, timeout=120, **kw):
+def equivtest_process(*args, timeout=120, **kw):
+    """The command in its own process: for what only a process shows (signals, exit, start-up output)."""
     return subprocess.run([sys.executable, "-m", "equivtest.cli", *args], capture_output=True, text=True,
                           timeout=timeout, **kw)
+
+
+def equivtest(*args):
+    """``equivtest.cli.main`` in this process, its exit code and output captured: for tests of what the command
+    prints, writes and returns (a subprocess would cost a Python start-up a call and show nothing more)."""
+    import contextlib
+    import io
+
+    from equivtest.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _assert_usage_error(res, *needles):
@@ -31,7 +46,7 @@ def _assert_usage_error(res, *needles):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    res = equivtest("run", *SMALL, "--out", str(out))
+    res = equivtest_process("run", *SMALL, "--out", str(out))  # the one full run in a process of its own
     return res, out
 
 
@@ -129,6 +144,7 @@ def test_unwritable_out_exit_2(tmp_path):
     _assert_usage_error(equivtest("run", *SMALL, "--out", str(blocker / "sub")), "--out", "cannot write there")
 
 
+@pytest.mark.slow
 def test_write_features_then_run_on_them_then_compare(tmp_path):
     h5 = tmp_path / "gap_small.h5"
     res = equivtest("write-features", str(h5), "--features", "synthetic:500x16")
@@ -150,6 +166,7 @@ INTERRUPT_RUN = ["run", "--features", "synthetic:600x32", "--epochs", "3", "--ba
                  "--backend", "numpy", "--quiet"]
 
 
+@pytest.mark.fast_cells(dict(point="epoch:4"))  # one interrupt point in the fast tier, every one in the slow
 @pytest.mark.parametrize("point, finished", [
     ("start", None),   # before any framework loads: nothing finished, no report
     ("epoch:2", 0),    # during training (after the first run's 2nd epoch): no run finished yet
@@ -159,7 +176,7 @@ INTERRUPT_RUN = ["run", "--features", "synthetic:600x32", "--epochs", "3", "--ba
 ])
 def test_sigint_at_a_determined_point_exits_130_with_what_finished(tmp_path, point, finished):
     """SIGINT is raised by the command itself at the named point (EQUIVTEST_INTERRUPT_AT): no timing race."""
-    res = equivtest(*INTERRUPT_RUN, "--out", str(tmp_path), env={**os.environ, "EQUIVTEST_INTERRUPT_AT": point})
+    res = equivtest_process(*INTERRUPT_RUN, "--out", str(tmp_path), env={**os.environ, "EQUIVTEST_INTERRUPT_AT": point})
     assert res.returncode == 130, res.stderr
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
@@ -239,6 +256,7 @@ def test_bad_input_is_one_line_even_when_a_backend_is_missing(tmp_path):
     _assert_usage_error(res, "no such file")
 
 
+@pytest.mark.slow
 def test_run_a_cnn_on_digit_images_under_the_per_layer_rule(tmp_path):
     res = equivtest("run", "--body", "cnn", "--features", "digits", "--epochs", "1", "--backend", "numpy",
                     "--quiet", "--no-plots", "--out", str(tmp_path))
@@ -266,9 +284,10 @@ def test_a_cnn_on_feature_vectors_is_a_usage_error(tmp_path):
                         "--body cnn with features 'synthetic:100x8'", "needs images")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch: pip install 'equivtest[torch]'")
 def test_run_data_parallel_over_two_processes(tmp_path):
-    res = equivtest("run", "--backend", "torch", "--data-parallel", "2", "--features", "synthetic:600x16",
+    res = equivtest_process("run", "--backend", "torch", "--data-parallel", "2", "--features", "synthetic:600x16",
                     "--epochs", "1", "--lr", "0.05", "--quiet", "--no-plots", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     rep = json.loads((tmp_path / "report.json").read_text())
@@ -276,11 +295,12 @@ def test_run_data_parallel_over_two_processes(tmp_path):
     assert "data-parallel over 2 workers" in res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "tensorflow")),
                     reason="needs torch and tensorflow: pip install 'equivtest[torch,tensorflow]'")
 def test_run_data_parallel_networks_with_ddp_and_mirrored_strategy(tmp_path):
     """A whole network (mlp) on 2 workers in torch (DDP) and keras (MirroredStrategy): every check passes."""
-    res = equivtest("run", "--backend", "torch,keras", "--data-parallel", "2", "--body", "mlp", "--features",
+    res = equivtest_process("run", "--backend", "torch,keras", "--data-parallel", "2", "--body", "mlp", "--features",
                     "synthetic:600x16", "--epochs", "1", "--lr", "0.05", "--quiet", "--no-plots", "--out",
                     str(tmp_path), timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr

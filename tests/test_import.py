@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
 
 
@@ -25,6 +27,7 @@ def test_plugin_is_registered_through_the_entry_point():
     assert eps and eps[0].value == "equivtest.plugin"
 
 
+@pytest.mark.slow
 def test_the_keras_backend_leaves_the_users_keras_backend_variable_alone():
     import importlib.util
 

@@ -33,6 +33,7 @@ def _cuda_present():
     return torch.cuda.is_available()
 
 
+@pytest.mark.slow  # the header: test_the_suite_header_names_the_tier and the slow tier
 def test_ids_and_header_for_a_named_backend(pytester):
     pytester.makepyfile(PROBE)
     res = pytester.runpytest_subprocess(*SUITE, "--backend=numpy", "-v", "-p", "no:cacheprovider")
@@ -45,6 +46,7 @@ def test_ids_and_header_for_a_named_backend(pytester):
     ])
 
 
+@pytest.mark.slow
 def test_environment_variable_stands_in_for_the_flag(pytester, monkeypatch):
     monkeypatch.setenv("EQUIVTEST_BACKEND", "numpy")
     pytester.makepyfile(PROBE)
@@ -67,6 +69,7 @@ def test_unknown_device_is_a_usage_error(pytester):
     res.stderr.fnmatch_lines(["*unknown device 'tpu'*"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA device is present here")
 def test_absent_gpu_asked_for_is_a_usage_error_not_a_skip(pytester):
     pytester.makepyfile(PROBE)
@@ -85,6 +88,7 @@ def test_bad_features_file_is_a_usage_error_with_the_one_line_message(pytester):
     assert "Traceback" not in res.stderr.str()
 
 
+@pytest.mark.slow
 def test_features_option_loads_a_named_source(pytester):
     pytester.makepyfile("""
 def test_shape(dataset):
@@ -105,6 +109,7 @@ def test_named_missing_backend_is_a_usage_error_unnamed_is_a_skip(monkeypatch):
     assert "torch" not in sel.installed
 
 
+@pytest.mark.slow
 def test_missing_backend_is_skipped_with_the_extra_named(pytester):
     # a plugin loaded with -p before equivtest's configure hides keras, as if not installed
     pytester.makepyfile(hide_keras="""

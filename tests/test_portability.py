@@ -54,6 +54,7 @@ def test_generated_inputs_match_the_pinned_digests():
     assert got == PINNED, _diff(got, PINNED)
 
 
+@pytest.mark.slow  # subprocesses; the fast tier pins the digests in-process (above)
 @pytest.mark.parametrize("name, env, args", KERNEL_SETS, ids=[k[0] for k in KERNEL_SETS])
 def test_generated_inputs_are_identical_under_other_kernel_sets(name, env, args):
     if name == "numpy-baseline-simd" and not env["NPY_DISABLE_CPU_FEATURES"]:

@@ -56,7 +56,8 @@ class Backend(BaseBackend):
         return env
 
     # -- the worker ---------------------------------------------------------------
-    def _call(self, *request):
+    def start(self) -> None:
+        """Start the worker process if it is not running; returns at once (its framework loads meanwhile)."""
         if self._proc is None or self._proc.poll() is not None:
             parent, child = socket.socketpair()
             env = self._env()
@@ -67,6 +68,9 @@ class Backend(BaseBackend):
             child.close()
             self._conn = Connection(parent.detach())
             atexit.register(self.close)
+
+    def _call(self, *request):
+        self.start()
         try:
             self._conn.send(request)
             ok, value = self._conn.recv()

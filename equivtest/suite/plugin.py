@@ -12,6 +12,7 @@ Options (each with an environment variable that stands in for it):
   processes, run only when named or with ``all``).
 - ``--device NAMES`` (``EQUIVTEST_DEVICE``): cpu, cuda[:N], mps, auto.
 - ``--features SOURCE`` (``EQUIVTEST_FEATURES``): h5 path(s), synthetic[:NxD], breast-cancer, digits.
+- ``--run-slow`` (``EQUIVTEST_FULL=1``): the slow tier too (see :mod:`equivtest.suite.tiers`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def pytest_addoption(parser):
              "breast-cancer or digits (env EQUIVTEST_FEATURES; default: synthetic:2000x128)",
     )
     _add_data_parallel(group)
+    group.addoption("--run-slow", dest="equivtest_run_slow", action="store_true", default=False,
+                    help="run the slow tier too: the exhaustive matrices (every backend x optimizer x dtype x "
+                         "world size), every CLI subprocess and interrupt point; `-m slow` then runs it alone "
+                         "(env EQUIVTEST_FULL=1; default: the fast tier only)")
 
 
 def _add_data_parallel(group):
@@ -49,6 +54,9 @@ def _add_data_parallel(group):
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU named with --device (skipped otherwise)")
     config.addinivalue_line("markers", "needs_backends(*names): runs only when every named backend is selected")
+    from .tiers import register_markers
+
+    register_markers(config)
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's group (inert without it)")
     from ..errors import InputError
@@ -70,7 +78,17 @@ def _selection(config):
 
 
 def pytest_report_header(config):
-    return _selection(config).header_lines()
+    from .tiers import header_line
+
+    return [*_selection(config).header_lines(), header_line(config)]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    from .tiers import summary_line
+
+    line = summary_line(config)
+    if line:
+        terminalreporter.write_line(line)
 
 
 def pytest_generate_tests(metafunc):
@@ -81,6 +99,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("device", sel.devices, indirect=True, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Markers become skips here, each naming the flag or extra responsible.
 
@@ -91,6 +110,9 @@ def pytest_collection_modifyitems(config, items):
     """
     sel = _selection(config)
     from ..devices import Device
+    from .tiers import select_tier
+
+    select_tier(config, items, sel.installed)
 
     gpu_asked = any(Device.parse(d).is_accelerator for d in sel.devices) and sel.explicit_devices
     for item in items:
@@ -110,6 +132,29 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"needs backends {', '.join(absent)}: add them to --backend"))
             elif missing:
                 item.add_marker(pytest.mark.skip(reason=missing[0]))
+
+
+def pytest_collection_finish(session):
+    """Start the data-parallel Keras workers the selected tests will use, so TensorFlow / JAX load in them
+    while the first tests run in this process (one worker per backend and world size, kept for the session)."""
+    wanted = set()
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend") in ("keras", "keras-jax") and "world_size" in params \
+                and "dp_backend" in getattr(item, "fixturenames", ()):
+            wanted.add((params["backend"], params["world_size"]))
+    if wanted and not session.config.option.collectonly:
+        from ..parallel import prestart
+
+        for backend, n in sorted(wanted):
+            prestart(backend, n)
+
+
+def pytest_sessionfinish(session):
+    import sys
+
+    if "equivtest.parallel" in sys.modules:  # never import it (nor a framework) only to close nothing
+        sys.modules["equivtest.parallel"].close_workers()
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,12 @@ from equivtest import backends
 from equivtest.compare import TOLERANCES, assert_trajectories_close, assert_trajectories_differ
 from equivtest.plan import Optimizer
 
+from .tiers import FIRST
+
 TOL = TOLERANCES["float32"]
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST), dict(optimizer="adam"))  # every backend's Adam once
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
 def test_matches_float64_reference(backend, device, dataset, plan, reference, head, optimizer):
@@ -27,6 +30,7 @@ def test_negative_control_other_masks_split_from_reference(backend, device, data
 
 
 @pytest.mark.needs_backends("torch", "keras")
+@pytest.mark.fast_cells(dict(optimizer="adam", head="softmax"))
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
 def test_torch_vs_keras(dataset, plan, head, optimizer):

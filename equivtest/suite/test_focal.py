@@ -28,6 +28,10 @@ from equivtest.heads import softmax_to_sigmoid
 from equivtest.rules import best_lr_factor, sigmoid_plan
 
 from .helpers import train_pair
+from .tiers import FIRST
+
+#: the fast tier runs this module on one backend; the slow tier on every selected one
+pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
 
 TOL = TOLERANCES["float32"]
 

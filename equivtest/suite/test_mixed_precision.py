@@ -28,6 +28,10 @@ import pytest
 from equivtest.compare import assert_trajectories_close, assert_trajectories_differ
 
 from .helpers import train_pair
+from .tiers import FIRST
+
+#: the fast tier runs this module on one backend; the slow tier on every selected one
+pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
 
 #: bfloat16 keeps 8 significant bits: one unit in the last place at 1.0 is 2**-8 = 3.9e-3, the rounding of a
 #: loss of order one.  The rule holds "to bfloat16 precision" when the heads stay within it (measured at

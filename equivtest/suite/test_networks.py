@@ -23,6 +23,8 @@ from equivtest.networks import GroupRates, Network, group_rates
 from equivtest.plan import Plan
 from equivtest.sources import digits, surrogate
 
+from .tiers import FIRST
+
 TOL64 = TOLERANCES["float64"]
 
 
@@ -73,6 +75,7 @@ def test_network_gradients_match_finite_differences(body):
             assert abs((up - down) / (2 * eps) - g[i]) <= 1e-7 + 1e-5 * abs(g[i]), (body, p.shape, i)
 
 
+@pytest.mark.fast_cells(dict(optimizer="sgd"), dict(body="mlp"))  # every body once, every optimizer once
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("nesterov", 0.02), ("adam", 1e-3)])
 @pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
 def test_network_per_layer_rule_holds(body, optimizer, lr):
@@ -90,6 +93,7 @@ def test_network_per_layer_rule_holds(body, optimizer, lr):
         assert np.max(np.abs(k1 - k2)) <= 1e-10 and np.max(np.abs(b1 - b2)) <= 1e-10
 
 
+@pytest.mark.fast_cells(dict(optimizer="sgd"))
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 1e-3)])
 @pytest.mark.parametrize("body", ["mlp", "cnn"])
 def test_network_global_x2_breaks_once_the_body_trains(body, optimizer, lr):
@@ -149,6 +153,7 @@ def _train(backend, *args, **kw):
         pytest.skip(str(exc))
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST), dict(body="mlp", dtype="float32"))  # every body once, every backend once
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
 def test_network_backend_follows_the_oracle(backend, device, body, dtype):
@@ -173,6 +178,7 @@ def test_network_backend_follows_the_oracle(backend, device, body, dtype):
 
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("momentum", 0.02), ("adam", 1e-3)])
+@pytest.mark.fast_cells(dict(backend=FIRST, body="mlp"), dict(backend=FIRST, optimizer="sgd"))
 @pytest.mark.parametrize("body", ["mlp", "cnn"])
 def test_network_per_layer_rule_holds_in_backend(backend, device, body, optimizer, lr):
     net, data = _case(body)
@@ -244,6 +250,7 @@ def test_a_network_moved_between_frameworks_predicts_the_same(body, dtype, atol)
     assert np.max(np.abs(got_keras - got_torch)) <= atol
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST))
 @pytest.mark.parametrize("body", ["mlp", "cnn"])
 def test_network_global_x2_holds_with_a_frozen_body_in_backend(backend, device, body):
     """The seed's case inside a whole network: body learning rate 0 in both, head at lr and 2 lr."""

@@ -34,6 +34,8 @@ from equivtest.parallel import check, engine, shard_bounds
 from equivtest.plan import Plan
 from equivtest.sources import digits, surrogate
 
+from .tiers import FIRST
+
 DATA = surrogate(600, 16, seed=2)  # 480 training rows
 #: the batch of the tests that compare engines: 120 divides by 1, 2, 3, 4, 5, 6, 8, 10, 12, ... and 480 by it,
 #: so every engine (JAX needs every batch to split evenly) takes every world size that divides it
@@ -115,6 +117,7 @@ def test_parallel_engines_refuse_batches_they_cannot_split_in_one_line():
 
 # ------------------------------------------------------------------------------ torch's DDP, uneven shards
 @pytest.mark.needs_backends("torch")
+@pytest.mark.fast_cells(dict(world_size=3, dtype="float32"))  # uneven shards, once
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_parallel_weighted_losses_follow_one_process(world_size, dtype):
     """Batch 100 over N ranks (3: uneven, 34/33/33, last batch 80: 27/27/26): one process's path."""
@@ -138,19 +141,40 @@ def test_parallel_ddp_mean_of_shard_means_breaks_with_uneven_shards():
     one = backends.get("torch").train("softmax", w, p, DATA)
     plain = _train("softmax", w, p, DATA, 4, weighted=False)
     assert_trajectories_differ(plain, one, factor=CONTROL_MARGIN, **TOLERANCES["float32"])
+
+
+@pytest.mark.slow
+@pytest.mark.needs_backends("torch")
+def test_parallel_ddp_mean_of_shard_means_holds_with_even_shards():
+    """The control's other side: batch 8 over 4 ranks (2/2/2/2), where the plain mean is the batch mean."""
+    from equivtest import backends
+
+    p = Plan(epochs=1, batch_size=7, lr=0.05, optimizer="sgd", dtype="float64")
+    w = p.initial_weights("softmax", DATA.n_features)
     even = p.replace(batch_size=8)  # 480 rows: every batch splits 2/2/2/2, and the plain mean is exact
     assert_trajectories_close(_train("softmax", w, even, DATA, 4, weighted=False),
                               backends.get("torch").train("softmax", w, even, DATA), **TOLERANCES["float64"])
 
 
 # ------------------------------------------------------------------------------ every engine
+@pytest.mark.fast_cells(dict(world_size=2, dtype="float32"))  # each engine once
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_parallel_workers_follow_one_worker(dp_backend, world_size, dtype):
-    """N workers against one of the same engine, same head: the reduction order is all that differs."""
+    """N workers against the plain backend in one process, same head: the reduction order is all that differs.
+
+    The reference is the backend itself, not its engine at N = 1, so an engine that is consistently wrong at
+    every world size cannot pass.  keras-jax's plain worker has no float64 (JAX_ENABLE_X64 is set only in the
+    data-parallel worker), so there its float64 reference is the engine at N = 1.
+    """
+    from equivtest import backends
+
     _float64(dp_backend, dtype)
     p = Plan(epochs=2, batch_size=BATCH, lr=0.05, optimizer="momentum", dtype=dtype)
     w = p.initial_weights("softmax", DATA.n_features)
-    one = _train("softmax", w, p, DATA, 1, backend=dp_backend)
+    if dp_backend == "keras-jax" and dtype == "float64":
+        one = _train("softmax", w, p, DATA, 1, backend=dp_backend)
+    else:
+        one = backends.get(dp_backend).train("softmax", w, p, DATA)
     many = _train("softmax", w, p, DATA, world_size, backend=dp_backend)
     assert many.meta["world_size"] == world_size and many.meta["engine"] == engine(dp_backend)
     # measured: at most 2.2e-16 (float64) and 1.3e-7 (float32) for torch, keras and keras-jax at 2, 3 and 4
@@ -159,6 +183,7 @@ def test_parallel_workers_follow_one_worker(dp_backend, world_size, dtype):
     assert np.allclose(many.weights.kernel, one.weights.kernel, rtol=0, atol=tol)
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST))
 def test_parallel_softmax_and_converted_sigmoid_agree(dp_backend):
     p = Plan(epochs=2, batch_size=BATCH, lr=0.05, optimizer="sgd")
     w = p.initial_weights("softmax", DATA.n_features)
@@ -171,6 +196,7 @@ def test_parallel_softmax_and_converted_sigmoid_agree(dp_backend):
     assert_trajectories_differ(soft, slow, factor=CONTROL_MARGIN, **TOLERANCES["float32"])
 
 
+@pytest.mark.slow
 @pytest.mark.needs_backends("keras")
 def test_parallel_mirrored_mean_of_replica_means_breaks_on_an_uneven_last_batch():
     """MirroredStrategy, batch 8 over 4 replicas, last batch 6: Keras's loss (each replica's mean, scaled by
@@ -206,6 +232,7 @@ def _network_case(body: str):
     return Network(body, data.input_shape), data
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST, body="mlp", world_size=2))
 @pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
 def test_parallel_network_workers_follow_one_worker(dp_backend, body, world_size):
     """Every body: N workers against one, float32, momentum (the body's and the head's optimizers)."""
@@ -220,6 +247,7 @@ def test_parallel_network_workers_follow_one_worker(dp_backend, body, world_size
         assert np.allclose(kn, k1, rtol=0, atol=TOLERANCES["float32"]["atol"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", ["mlp", "cnn"])
 def test_parallel_network_per_layer_rule_holds(dp_backend, body):
     """Softmax network vs converted sigmoid network (head x2, body x1) on 2 workers; the global x2 misses."""
@@ -235,6 +263,7 @@ def test_parallel_network_per_layer_rule_holds(dp_backend, body):
     assert_trajectories_differ(soft, glob, factor=CONTROL_MARGIN, **TOLERANCES["float32"])
 
 
+@pytest.mark.slow
 @pytest.mark.needs_backends("torch")
 def test_parallel_torchrun_launch_holds_and_writes_the_verdict(tmp_path):
     """The launch users run across machines, here on one: ``torchrun --nproc-per-node=2 -m equivtest.parallel``."""

@@ -18,6 +18,11 @@ from equivtest.machine import machine_info
 from equivtest.plan import Plan
 from equivtest.sources import surrogate
 
+from .tiers import FIRST
+
+#: the fast tier runs this module on one backend; the slow tier on every selected one
+pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
+
 DATA = surrogate(400, 24, seed=9)
 #: Per-dtype tolerance of a baseline, from the spread measured across kernel sets and thread counts
 #: (``python tools/baseline_spread.py``: default, 1 thread, 16 threads, OpenBLAS Prescott and Sandybridge

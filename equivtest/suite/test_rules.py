@@ -14,6 +14,10 @@ from equivtest.plan import Optimizer
 from equivtest.rules import sigmoid_plan
 
 from .helpers import train_pair
+from .tiers import FIRST
+
+#: the fast tier runs this module on one backend; the slow tier on every selected one
+pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
 
 TOL = TOLERANCES["float32"]
 DTYPES = pytest.mark.parametrize("dtype", ["float32", "float64"])

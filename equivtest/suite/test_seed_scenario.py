@@ -10,8 +10,14 @@ Seeds are fixed, so the outcome is deterministic per machine and backend.
 """
 
 import numpy as np
+import pytest
 
 from equivtest.heads import softmax_to_sigmoid
+
+from .tiers import FIRST
+
+#: the fast tier runs this module on one backend; the slow tier on every selected one
+pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
 
 R = 4
 

@@ -5,6 +5,7 @@ import pytest
 from equivtest.compare import TOLERANCES, assert_trajectories_close, assert_trajectories_differ
 
 from .helpers import train_pair
+from .tiers import FIRST
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adam"]
 
@@ -13,6 +14,7 @@ def _plan(plan, optimizer, dtype):
     return plan.replace(optimizer=optimizer, dtype=dtype, lr=1e-3 if optimizer == "adam" else plan.lr)
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST), dict(optimizer="sgd", dtype="float32"))  # every backend once
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_trajectory(backend, device, dataset, plan, optimizer, dtype):
@@ -25,6 +27,7 @@ def test_trajectory(backend, device, dataset, plan, optimizer, dtype):
     assert soft.epoch_loss[-1] < soft.step_loss[0]  # it trained
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST), dict(optimizer="sgd"))
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_negative_control_sigmoid_at_softmax_rate(backend, device, dataset, plan, optimizer):
     p = _plan(plan, optimizer, "float32")
@@ -32,6 +35,7 @@ def test_negative_control_sigmoid_at_softmax_rate(backend, device, dataset, plan
     assert_trajectories_differ(soft, sig, **TOLERANCES["float32"])
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST))
 def test_trajectory_is_deterministic(backend, device, dataset, plan):
     w = plan.initial_weights("softmax", dataset.n_features)
     a = backend.train("softmax", w, plan, dataset, device=device)
