@@ -1,7 +1,9 @@
 """Files written atomically: a temporary file beside the target, then one rename.
 
 A reader (or a run interrupted half-way) sees the old file or the new one,
-complete, never a half-written one.
+complete, never a half-written one.  The file gets the mode a plain ``open()``
+would give it (0666 less the umask), not ``mkstemp``'s private 0600, so a
+colleague or a CI artifact server can read a report.
 """
 
 from __future__ import annotations
@@ -10,6 +12,13 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -24,6 +33,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # the writer may have replaced the file: set the mode just before
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -365,6 +365,11 @@ def cmd_compare(args) -> int:
 def cmd_write_features(args) -> int:
     from .data import load_features, write_h5
 
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # checked before the features are made, and naming the flag
+        raise InputError(f"features file '{out}': already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise InputError(f"features file '{out}': its folder '{out.parent}' does not exist")
     ds = load_features(args.features)
     path = write_h5(ds, args.out, overwrite=args.overwrite)
     print(f"wrote {path}: train {ds.shape[0]} x {ds.shape[1]}, label {ds.shape[0]} ({ds.source})")

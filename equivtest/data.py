@@ -325,14 +325,19 @@ def join_h5(paths, *, split_seed: int = DEFAULT_SEED) -> Dataset:
 def write_h5(dataset: Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``dataset`` in the seed's schema (``train`` float32, ``label`` uint8, ``test``).
 
-    Refuses to replace an existing file unless ``overwrite`` is set.
+    Refuses to replace an existing file unless ``overwrite`` is set, and a folder
+    that does not exist; written atomically (complete or absent).
     """
     import h5py
+
+    from . import atomic
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FeatureError(f"features file '{path}'", "already exists (pass overwrite=True to replace it)")
-    with h5py.File(str(path), "w") as f:
+    if not path.parent.is_dir():
+        raise FeatureError(f"features file '{path}'", f"its folder '{path.parent}' does not exist")
+    with atomic.atomic_path(path) as tmp, h5py.File(str(tmp), "w") as f:
         f.create_dataset("train", data=dataset.X.astype(np.float32, copy=False))
         f.create_dataset("label", data=dataset.y.astype(np.uint8))
         if dataset.X_test is not None:

@@ -327,3 +327,39 @@ def test_data_parallel_batches_an_engine_cannot_split_are_a_usage_error(tmp_path
     _assert_usage_error(equivtest("run", "--backend", "keras-jax", "--data-parallel", "5", "--features",
                                   "synthetic:600x16", "--out", str(tmp_path)),
                         "backend 'keras-jax' (keras.distribution.DataParallel) needs every batch")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_get_the_mode_a_plain_open_gives(tmp_path, umask, mode):
+    """mkstemp's temporary file is 0600; the renamed report must follow the user's umask as open() would."""
+    from equivtest import atomic
+
+    old = os.umask(umask)
+    try:
+        atomic.write_text(tmp_path / "report.json", "{}")
+        with atomic.atomic_path(tmp_path / "plot.png") as tmp:
+            tmp.write_bytes(b"png")
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+    finally:
+        os.umask(old)
+    for name in ("report.json", "plot.png", "plain.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_write_features_refuses_a_missing_folder_and_an_existing_file_naming_the_flag(tmp_path):
+    _assert_usage_error(equivtest("write-features", str(tmp_path / "nodir" / "x.h5")),
+                        f"features file '{tmp_path / 'nodir' / 'x.h5'}'", "does not exist")
+    assert not (tmp_path / "nodir").exists()
+    h5 = tmp_path / "x.h5"
+    assert equivtest("write-features", str(h5), "--features", "synthetic:100x4").returncode == 0
+    assert h5.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    _assert_usage_error(equivtest("write-features", str(h5)), "already exists", "--overwrite")
+    assert equivtest("write-features", str(h5), "--features", "synthetic:100x4", "--overwrite").returncode == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["x.h5"]  # no temporary file left
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -36,7 +36,7 @@ def _cuda_present():
 @pytest.mark.slow  # the header: test_the_suite_header_names_the_tier and the slow tier
 def test_ids_and_header_for_a_named_backend(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess(*SUITE, "--backend=numpy", "-v", "-p", "no:cacheprovider")
+    res = pytester.runpytest_inprocess(*SUITE, "--backend=numpy", "-v", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([
         "equivtest backends: numpy (numpy *; devices: cpu only)",
@@ -50,21 +50,21 @@ def test_ids_and_header_for_a_named_backend(pytester):
 def test_environment_variable_stands_in_for_the_flag(pytester, monkeypatch):
     monkeypatch.setenv("EQUIVTEST_BACKEND", "numpy")
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess(*SUITE, "--collect-only", "-q", "-p", "no:cacheprovider")
+    res = pytester.runpytest_inprocess(*SUITE, "--collect-only", "-q", "-p", "no:cacheprovider")
     res.stdout.fnmatch_lines(["*test_probe?numpy-cpu?"])
     res.stdout.no_fnmatch_line("*torch-cpu*")
 
 
 def test_unknown_backend_is_a_usage_error_listing_valid_names(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess(*SUITE, "--backend=tensorflow2")
+    res = pytester.runpytest_inprocess(*SUITE, "--backend=tensorflow2")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*unknown backend 'tensorflow2'; valid names: numpy, torch, keras*"])
 
 
 def test_unknown_device_is_a_usage_error(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess(*SUITE, "--device=tpu")
+    res = pytester.runpytest_inprocess(*SUITE, "--device=tpu")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*unknown device 'tpu'*"])
 
@@ -73,7 +73,7 @@ def test_unknown_device_is_a_usage_error(pytester):
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA device is present here")
 def test_absent_gpu_asked_for_is_a_usage_error_not_a_skip(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_subprocess(*SUITE, "--device=cuda")
+    res = pytester.runpytest_inprocess(*SUITE, "--device=cuda")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*device 'cuda'*"])
 
@@ -82,7 +82,7 @@ def test_bad_features_file_is_a_usage_error_with_the_one_line_message(pytester):
     pytester.makepyfile(PROBE)
     bad = pytester.path / "gap_bad.h5"
     bad.write_text("not hdf5")
-    res = pytester.runpytest_subprocess(*SUITE, f"--features={bad}", "--backend=numpy")
+    res = pytester.runpytest_inprocess(*SUITE, f"--features={bad}", "--backend=numpy")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines([f"*features file '{bad}': is not an HDF5 file*"])
     assert "Traceback" not in res.stderr.str()
@@ -94,7 +94,7 @@ def test_features_option_loads_a_named_source(pytester):
 def test_shape(dataset):
     assert dataset.shape == (569, 30)
 """)
-    res = pytester.runpytest_subprocess(*SUITE, "--features=breast-cancer", "--backend=numpy")
+    res = pytester.runpytest_inprocess(*SUITE, "--features=breast-cancer", "--backend=numpy")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines(["equivtest features: breast-cancer (569 x 30; 456 train / 113 val)"])
 
@@ -152,7 +152,7 @@ def test_a_neighbouring_project_with_its_own_fixtures_and_options_runs_unchanged
     monkeypatch.setenv("EQUIVTEST_BACKEND", "numpy")  # not this project's business either
     pytester.makeconftest(NEIGHBOUR_CONFTEST)
     pytester.makepyfile(test_mine=NEIGHBOUR_TEST)
-    res = pytester.runpytest_subprocess("--backend=postgres", "--features=mine", "-v", "-p", "no:cacheprovider")
+    res = pytester.runpytest_inprocess("--backend=postgres", "--features=mine", "-v", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)  # once, not once per equivtest backend
     res.stdout.fnmatch_lines(["*test_mine.py::test_mine PASSED*"])
     res.stdout.no_fnmatch_line("equivtest*")  # no header lines
@@ -164,9 +164,9 @@ def test_the_pytest11_plugin_offers_only_prefixed_options_and_one_fixture(pytest
 def test_sel(equivtest_selection):
     assert equivtest_selection.backends == ["numpy"]
 """)
-    res = pytester.runpytest_subprocess("--equivtest-backend=numpy", "-p", "no:cacheprovider")
+    res = pytester.runpytest_inprocess("--equivtest-backend=numpy", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
-    res = pytester.runpytest_subprocess("--backend=numpy", "-p", "no:cacheprovider")
+    res = pytester.runpytest_inprocess("--backend=numpy", "-p", "no:cacheprovider")
     assert res.ret == pytest.ExitCode.USAGE_ERROR  # the short option exists only where the suite runs
 
 
@@ -182,3 +182,39 @@ def test_the_suite_is_detected_on_the_command_line():
     assert runs_the_suite([str(suite / "test_params.py")])
     assert not runs_the_suite(["equivtest.suite"])  # a path that does not exist, without --pyargs
     assert not runs_the_suite(["--pyargs", "mypackage.tests", "tests/"])
+
+
+@pytest.mark.fast_cells(dict(value="7"))
+@pytest.mark.parametrize("value", ["7", "0", "two"])
+def test_a_data_parallel_world_size_the_tests_cannot_split_is_a_usage_error_in_one_line(pytester, value):
+    """Checked when pytest configures, not when the data-parallel module is collected (a traceback there)."""
+    pytester.makepyfile(PROBE)
+    res = pytester.runpytest_inprocess(*SUITE, "--backend=numpy", f"--data-parallel={value}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in res.stderr.lines if line.strip()]
+    assert errors == [f"ERROR: --data-parallel {value}: the data-parallel tests split batches of 120 rows, so N "
+                      f"must be one of 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 24, 30, 40, 60, 120"], res.stderr.str()
+
+
+def test_a_skip_for_an_undeclared_reason_fails_the_suite_and_is_listed(pytester):
+    """A dropped capability used to look green (NotImplementedError -> skip): now only declared reasons skip."""
+    pytester.makepyfile("""
+import pytest
+
+def test_declared():
+    pytest.skip("backend 'torch' does not offer decoupled decay without AdamW: torch.optim offers it in AdamW only")
+
+def test_missing_extra():
+    pytest.skip("backend 'keras' needs tensorflow, which is not installed: pip install 'equivtest[tensorflow]'")
+
+def test_lost_optimizer():
+    pytest.skip("backend 'torch' has no optimizer 'adam'")
+""")
+    res = pytester.runpytest_inprocess(*SUITE, "--backend=numpy", "-p", "no:cacheprovider")
+    assert res.ret == pytest.ExitCode.TESTS_FAILED
+    res.stdout.fnmatch_lines(["equivtest skips by reason:", "*1  backend 'torch' has no optimizer 'adam'",
+                              "equivtest: skips whose reason is not a declared capability*",
+                              "  backend 'torch' has no optimizer 'adam'"])
+    listed = res.stdout.str().split("equivtest: skips whose reason is not a declared capability")[1]
+    assert "does not offer" not in listed.split("short test summary")[0]  # the declared ones are not listed
+    assert "pip install" not in listed.split("short test summary")[0]

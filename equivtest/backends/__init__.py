@@ -42,6 +42,10 @@ class BackendInfo:
     autocasts: tuple[str, ...] = ("bfloat16",)
     #: the framework's own data-parallel engine (:mod:`equivtest.parallel`), or None
     data_parallel: str | None = None
+    #: plan options it does not offer, each with the reason: option -> reason (see :func:`refusal`)
+    refuses: tuple[tuple[str, str], ...] = ()
+    #: the same for its data-parallel engine (N > 1 workers)
+    refuses_parallel: tuple[tuple[str, str], ...] = ()
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -61,11 +65,15 @@ REGISTRY: dict[str, BackendInfo] = {
     "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",),
                          distributions=("numpy",), autocasts=()),
     "torch": BackendInfo("torch", "equivtest.backends.torch", ("torch",), "torch", "torch", ("cpu", "cuda", "mps"),
-                         distributions=("torch",), data_parallel="DistributedDataParallel (gloo)"),
+                         distributions=("torch",), data_parallel="DistributedDataParallel (gloo)",
+                         refuses=(("decoupled decay without AdamW",
+                                   "torch.optim offers decoupled weight decay in AdamW only"),)),
     "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow",
                          ("cpu", "cuda"), epsilon_convention="keras",
                          distributions=("keras", "tensorflow", "tensorflow-cpu"),
-                         data_parallel="tf.distribute.MirroredStrategy"),
+                         data_parallel="tf.distribute.MirroredStrategy",
+                         refuses_parallel=(("class weights", "its data-parallel path has no class weights yet"),
+                                           ("autocast", "its data-parallel path trains in the plan's dtype only"))),
     # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them); fed float64
     # they train at float32 precision, so they do not claim it
     "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras_isolated", ("keras", "torch"), "keras-torch",
@@ -74,7 +82,9 @@ REGISTRY: dict[str, BackendInfo] = {
     "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras_isolated", ("keras", "jax"), "keras-jax",
                              "keras", float64=False, epsilon_convention="keras",
                              distributions=("keras", "jax", "jaxlib"), worker_process=True,
-                             data_parallel="keras.distribution.DataParallel"),
+                             data_parallel="keras.distribution.DataParallel",
+                             refuses_parallel=(("class weights", "its data-parallel path has no class weights yet"),
+                                               ("autocast", "its data-parallel path trains in the plan's dtype only"))),
 }
 NAMES = tuple(REGISTRY)
 #: what "every installed backend" means when none is named; the process-isolated Keras ones are opt-in
@@ -110,6 +120,41 @@ def available(name: str) -> tuple[bool, str | None]:
     """(True, None) or (False, reason naming the extra to install); imports nothing."""
     reason = info(name).unavailable_reason()
     return reason is None, reason
+
+
+def plan_options(plan) -> list[str]:
+    """The options of ``plan`` a backend may decline, named as the registry's ``refuses`` names them."""
+    opt = plan.optimizer
+    out = []
+    if opt.weight_decay and opt.decay == "decoupled" and opt.name != "adamw":
+        out.append("decoupled decay without AdamW")
+    if plan.class_weight is not None:
+        out.append("class weights")
+    if plan.autocast:
+        out.append("autocast")
+    if plan.dtype == "float64":
+        out.append("float64")
+    return out
+
+
+def refusal(name: str, plan, *, world_size: int = 1) -> str | None:
+    """One line naming the backend, the option and the reason, where the registry declares that ``name``
+    does not offer an option ``plan`` uses (on ``world_size`` workers); None where it is declared offered.
+
+    This is the one place a test may turn into a skip: any other ``NotImplementedError`` is a failure."""
+    bi = info(name)
+    declared = dict(bi.refuses)
+    if world_size > 1:
+        declared.update(bi.refuses_parallel)
+    if not bi.float64:
+        declared["float64"] = "it trains at float32 precision"
+    if plan.autocast and plan.autocast not in bi.autocasts:
+        declared.setdefault("autocast", f"it has no {plan.autocast} autocast")
+    for option in plan_options(plan):
+        if option in declared:
+            where = f" on {world_size} workers" if world_size > 1 and option in dict(bi.refuses_parallel) else ""
+            return f"backend '{name}' does not offer {option}{where}: {declared[option]}"
+    return None
 
 
 def device_for(name: str, device: str) -> str:

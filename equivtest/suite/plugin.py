@@ -17,7 +17,13 @@ Options (each with an environment variable that stands in for it):
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+#: the batch the data-parallel tests split; every world size they take divides it (JAX shards every batch)
+PARALLEL_BATCH = 120
+ENV_DATA_PARALLEL = "EQUIVTEST_DATA_PARALLEL"
 
 
 def pytest_addoption(parser):
@@ -46,7 +52,7 @@ def pytest_addoption(parser):
 
 
 def _add_data_parallel(group):
-    group.addoption("--data-parallel", dest="equivtest_data_parallel", type=int, default=None, metavar="N",
+    group.addoption("--data-parallel", dest="equivtest_data_parallel", default=None, metavar="N",
                     help="world sizes of the data-parallel tests: N workers only, N dividing 120 "
                          "(env EQUIVTEST_DATA_PARALLEL; default: 2, 3 and 4)")
 
@@ -63,12 +69,34 @@ def pytest_configure(config):
     from ..plugin import selection
 
     try:
+        world_sizes(config)
         sel = selection(config)
         if sel.explicit_features:
             sel.dataset()
         sel.check_devices()
     except InputError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def world_sizes(config) -> list[int]:
+    """The data-parallel tests' world sizes: ``--data-parallel N`` (or EQUIVTEST_DATA_PARALLEL), else 2, 3, 4.
+
+    Checked in ``pytest_configure``, so a bad value is a usage error in one line, not a collection error."""
+    from ..errors import InputError
+
+    raw = config.getoption("equivtest_data_parallel", None) or os.environ.get(ENV_DATA_PARALLEL)
+    if not raw:
+        return [2, 3, 4]
+    flag = "--data-parallel" if config.getoption("equivtest_data_parallel", None) else ENV_DATA_PARALLEL
+    try:
+        n = int(str(raw).strip())
+    except ValueError:
+        n = 0
+    if n < 1 or PARALLEL_BATCH % n:
+        divisors = ", ".join(str(k) for k in range(1, PARALLEL_BATCH + 1) if PARALLEL_BATCH % k == 0)
+        raise InputError(f"{flag} {raw}: the data-parallel tests split batches of {PARALLEL_BATCH} rows, so N must "
+                         f"be one of {divisors}")
+    return [n]
 
 
 def _selection(config):
@@ -84,11 +112,39 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    from .skips import by_reason, undeclared
     from .tiers import summary_line
 
     line = summary_line(config)
     if line:
         terminalreporter.write_line(line)
+    counts = by_reason(terminalreporter.stats.get("skipped", []))
+    if counts:
+        terminalreporter.write_line("equivtest skips by reason:")
+        for reason, n in counts.most_common():
+            terminalreporter.write_line(f"  {n:4d}  {reason}")
+    bad = undeclared(counts)
+    if bad:
+        terminalreporter.write_line("equivtest: skips whose reason is not a declared capability, a missing extra, "
+                                    "a missing device or --bench (a test that should have run):", red=True)
+        for reason in bad:
+            terminalreporter.write_line(f"  {reason}", red=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """A skip for a reason that is not declared fails the run (a dropped capability must not look green)."""
+    import sys
+
+    if "equivtest.parallel" in sys.modules:  # never import it (nor a framework) only to close nothing
+        sys.modules["equivtest.parallel"].close_workers()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or exitstatus not in (0,):
+        return
+    from .skips import by_reason, undeclared
+
+    if undeclared(by_reason(reporter.stats.get("skipped", []))):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_generate_tests(metafunc):
@@ -148,13 +204,6 @@ def pytest_collection_finish(session):
 
         for backend, n in sorted(wanted):
             prestart(backend, n)
-
-
-def pytest_sessionfinish(session):
-    import sys
-
-    if "equivtest.parallel" in sys.modules:  # never import it (nor a framework) only to close nothing
-        sys.modules["equivtest.parallel"].close_workers()
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,7 @@ def _best_focal_factor(alpha: float, epsilon_convention: str, dataset):
     return factor, best
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST, alpha=0.25))
 @pytest.mark.parametrize("alpha", [0.25, 0.75])
 def test_focal_breaks_with_class_balanced_alpha(backend, device, dataset, plan, alpha):
     """No learning-rate factor rescues it: the float64 oracle's minimum over the factor (a log grid over

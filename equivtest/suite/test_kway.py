@@ -26,6 +26,7 @@ def test_two_classes_factor_2_follows_the_path():
     assert gap <= 1e-12
 
 
+@pytest.mark.fast_cells(dict(K=3))
 @pytest.mark.parametrize("K", [3, 5, 10])
 def test_no_single_factor_for_more_than_two_classes(K):
     """The smallest gap any factor in 1/16..16 reaches (grid, then Brent) stays far from a shared path.

@@ -147,13 +147,10 @@ def test_network_inputs_are_checked():
 
 # -- every backend that trains whole networks, against the oracle -------------------------------------
 def _train(backend, *args, **kw):
-    try:
-        return backend.train_network(*args, **kw)
-    except NotImplementedError as exc:
-        pytest.skip(str(exc))
+    return backend.train_network(*args, **kw)  # a NotImplementedError here is a failure: nothing is declared
 
 
-@pytest.mark.fast_cells(dict(backend=FIRST), dict(body="mlp", dtype="float32"))  # every body once, every backend once
+@pytest.mark.fast_cells(dict(backend=FIRST, dtype="float32"), dict(body="mlp", dtype="float32"))  # every body, every backend
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
 def test_network_backend_follows_the_oracle(backend, device, body, dtype):

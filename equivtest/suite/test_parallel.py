@@ -34,12 +34,12 @@ from equivtest.parallel import check, engine, shard_bounds
 from equivtest.plan import Plan
 from equivtest.sources import digits, surrogate
 
-from .tiers import FIRST
+from .plugin import PARALLEL_BATCH, world_sizes
 
 DATA = surrogate(600, 16, seed=2)  # 480 training rows
 #: the batch of the tests that compare engines: 120 divides by 1, 2, 3, 4, 5, 6, 8, 10, 12, ... and 480 by it,
 #: so every engine (JAX needs every batch to split evenly) takes every world size that divides it
-BATCH = 120
+BATCH = PARALLEL_BATCH
 
 
 def _train(*args, **kw):
@@ -54,21 +54,10 @@ def _train_network(*args, **kw):
     return parallel.train_network(*args, **kw)
 
 
-def _world_sizes(config) -> list[int]:
-    n = config.getoption("equivtest_data_parallel", None) or os.environ.get("EQUIVTEST_DATA_PARALLEL")
-    if not n:
-        return [2, 3, 4]
-    n = int(n)
-    if n < 1 or BATCH % n:
-        raise pytest.UsageError(f"--data-parallel {n}: the data-parallel tests split batches of {BATCH} rows, "
-                                f"so N must divide {BATCH} (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, ...)")
-    return [n]
-
-
 def pytest_generate_tests(metafunc):
     """``--data-parallel N`` (or EQUIVTEST_DATA_PARALLEL) picks the world size; by default 2, 3 and 4."""
     if "world_size" in metafunc.fixturenames:
-        metafunc.parametrize("world_size", _world_sizes(metafunc.config))
+        metafunc.parametrize("world_size", world_sizes(metafunc.config))
 
 
 @pytest.fixture
@@ -183,7 +172,7 @@ def test_parallel_workers_follow_one_worker(dp_backend, world_size, dtype):
     assert np.allclose(many.weights.kernel, one.weights.kernel, rtol=0, atol=tol)
 
 
-@pytest.mark.fast_cells(dict(backend=FIRST))
+@pytest.mark.slow
 def test_parallel_softmax_and_converted_sigmoid_agree(dp_backend):
     p = Plan(epochs=2, batch_size=BATCH, lr=0.05, optimizer="sgd")
     w = p.initial_weights("softmax", DATA.n_features)
@@ -232,7 +221,7 @@ def _network_case(body: str):
     return Network(body, data.input_shape), data
 
 
-@pytest.mark.fast_cells(dict(backend=FIRST, body="mlp", world_size=2))
+@pytest.mark.slow
 @pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
 def test_parallel_network_workers_follow_one_worker(dp_backend, body, world_size):
     """Every body: N workers against one, float32, momentum (the body's and the head's optimizers)."""
