@@ -1,0 +1,68 @@
+"""The documents state the bounds the tests assert, and the README stays a user's guide.
+
+Every number RULES.md and the README state for a rule is one of the bounds below,
+read from the code that asserts it; measured figures live in docs/performance.md.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from equivtest.compare import CONTROL_MARGIN, PROBA_TOLERANCES, TOLERANCES
+from equivtest.suite import test_mixed_precision as bf16
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = (ROOT / "RULES.md").read_text()
+README = (ROOT / "README.md").read_text()
+
+
+def _num(text: str) -> float:
+    text = text.strip()
+    if text.startswith("2^"):
+        return 2.0 ** float(text[2:])
+    return float(text)
+
+
+#: (a pattern with one number, the document, the bound the tests assert)
+STATED = [
+    (r"to (\S+) in float32 and,", RULES, TOLERANCES["float32"]["atol"]),
+    (r"also to (\S+) in float64", RULES, TOLERANCES["float64"]["atol"]),
+    (r"by more than (\d+) x that tolerance", RULES, CONTROL_MARGIN),
+    (r"step-loss gap <= (2\^-\d+)", RULES, bf16.BFLOAT16_TOL["atol"]),
+    (r"val_loss gap <= (\S+),", RULES, bf16.BFLOAT16_VAL_TOL["atol"]),
+    (r"step-loss gap <= (\S+) x bfloat16's own drift", RULES, bf16.DRIFT_RATIO),
+    (r"breaks \(> (\d+) x 2\^-8\)", RULES, bf16.BFLOAT16_CONTROL_MARGIN),
+    (r"checked to (\S+) in float32", README, PROBA_TOLERANCES["float32"]["atol"]),
+    (r"and (\S+) in float64;", README, PROBA_TOLERANCES["float64"]["atol"]),
+    (r"\((\S+) in float32, \S+ in float64\)", README, TOLERANCES["float32"]["atol"]),
+    (r"\(\S+ in float32, (\S+) in float64\)", README, TOLERANCES["float64"]["atol"]),
+    (r"at least (\d+) x the tolerance", README, CONTROL_MARGIN),
+]
+
+
+@pytest.mark.parametrize("pattern, doc, bound", STATED, ids=[s[0] for s in STATED])
+def test_a_stated_bound_is_the_one_the_tests_assert(pattern, doc, bound):
+    found = re.findall(pattern, doc)
+    assert found, f"the documents no longer state {pattern!r}"
+    for text in found:
+        assert _num(text) == bound, f"{pattern!r}: the document says {text}, the tests assert {bound:g}"
+
+
+def test_a_changed_bound_is_caught():
+    """The check above tells a stale number apart: RULES.md with the float32 tolerance edited fails it."""
+    stale = RULES.replace("to 1e-5 in float32 and,", "to 1e-4 in float32 and,")
+    assert _num(re.findall(STATED[0][0], stale)[0]) != TOLERANCES["float32"]["atol"]
+
+
+def test_the_readme_is_a_guide_without_dates_issues_or_machine_figures():
+    assert len(README.splitlines()) <= 260
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", README), "a date in the README"
+    assert not re.search(r"\bissue\s+#?\d+", README, re.I), "an issue number in the README"
+    assert "this machine" not in README and "T23" not in README
+    assert not re.search(r"\bmeasured\b", README, re.I), "a measured figure in the README (docs/performance.md)"
+
+
+def test_rules_md_keeps_no_measured_figures_or_dates():
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", RULES)
+    assert not re.search(r"\bmeasured \d", RULES)
