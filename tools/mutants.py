@@ -1,0 +1,160 @@
+"""Deliberate bugs, and the proof that the suite catches each one.
+
+For every mutant: copy the repository (without .git) into a temporary folder,
+make one small change to the product code there, and run the tests that should
+notice it, with that copy first on ``PYTHONPATH``.  A mutant is *caught* when
+those tests fail; the unchanged copy must pass the same tests (otherwise the
+verdict would mean nothing).
+
+    python tools/mutants.py              # every mutant; exit 1 if one survives
+    python tools/mutants.py --list       # the mutants and the tests each runs
+    python tools/mutants.py -k epsilon   # only mutants whose name contains the word
+
+The slow tier runs it (``tests/test_mutants.py``).  Each mutant states the
+test that must catch it; add a mutant with every new check that claims to tell
+two things apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # a file of the repository
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: what must catch it
+    backends: str = "numpy,torch"
+    extra: tuple[str, ...] = field(default=())
+
+
+MUTANTS = (
+    Mutant("lr factor 1.9", "equivtest/heads.py", "    return 2.0\n\n\ndef weight_decay_factor",
+           "    return 1.9\n\n\ndef weight_decay_factor",
+           ("equivtest/suite/test_trajectory.py", "-k", "test_trajectory and sgd and float32")),
+    Mutant("lr factor 2.1", "equivtest/heads.py", "    return 2.0\n\n\ndef weight_decay_factor",
+           "    return 2.1\n\n\ndef weight_decay_factor",
+           ("equivtest/suite/test_trajectory.py", "-k", "test_trajectory and sgd and float32")),
+    Mutant("beta = w0 - w1", "equivtest/heads.py", "beta = w.kernel[:, 1] - w.kernel[:, 0]",
+           "beta = w.kernel[:, 0] - w.kernel[:, 1]",
+           ("equivtest/suite/test_conversion.py", "-k", "predicts_like_softmax")),
+    Mutant("transposed conv layout (kh and kw swapped)", "equivtest/backends/torch_network.py",
+           "kernel.T if kernel.ndim == 2 else kernel.transpose(3, 2, 0, 1)",
+           "kernel.T if kernel.ndim == 2 else kernel.transpose(3, 2, 1, 0)",
+           ("equivtest/suite/test_networks.py", "-k", "moved_between_frameworks and cnn"),
+           backends="torch,keras"),
+    Mutant("Adam epsilon inside the sqrt (torch convention)", "equivtest/backends/numpy.py",
+           "p -= lr * (a / bc1) / (np.sqrt(v / bc2) + s.epsilon)",
+           "p -= lr * (a / bc1) / np.sqrt(v / bc2 + s.epsilon)",
+           ("equivtest/suite/test_cross_framework.py", "-k", "epsilon_convention and torch"), backends="torch"),
+    Mutant("Adam epsilon outside the bias correction (keras convention)", "equivtest/backends/numpy.py",
+           "p -= (lr * np.sqrt(bc2) / bc1) * a / (np.sqrt(v) + s.epsilon)",
+           "p -= lr * (a / bc1) / (np.sqrt(v / bc2) + s.epsilon)",
+           ("equivtest/suite/test_cross_framework.py", "-k", "epsilon_convention and keras"), backends="keras"),
+    Mutant("unshared masks (the sigmoid draws its own)", "equivtest/backends/numpy.py",
+           'mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.native_seed)',
+           'mask_plan = (plan if masks == "plan" else plan.replace(mask_stream=plan.native_seed)).replace('
+           'mask_stream=plan.mask_stream + (K.shape[1] == 1))',
+           ("equivtest/suite/test_trajectory.py", "-k", "test_trajectory and numpy and sgd and float64"),
+           backends="numpy"),
+    Mutant("class weight dropped (torch's sigmoid loss)", "equivtest/backends/torch.py",
+           "            return F.binary_cross_entropy_with_logits(z[:, 0], t, weight=w)",
+           "            return F.binary_cross_entropy_with_logits(z[:, 0], t)",
+           ("equivtest/suite/test_rules.py", "-k", "class_weights and torch"), backends="torch"),
+    Mutant("body at x2 under the per-layer rule", "equivtest/networks.py",
+           "        return GroupRates(lr, f * lr, decay, g * decay)",
+           "        return GroupRates(f * lr, f * lr, decay, g * decay)",
+           ("equivtest/suite/test_networks.py", "-k", "test_network_per_layer_rule_holds and mlp and sgd")),
+    Mutant("DDP loss as a mean of shard means", "equivtest/parallel.py",
+           "loss = shard_sum * (world / (t - s)) if weighted else",
+           "loss = (shard_sum / k if k else shard_sum) if weighted else",
+           ("equivtest/suite/test_parallel.py", "-k", "weighted_losses_follow_one_process and 3 and float64"),
+           backends="torch"),
+)
+
+
+def _copy(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".tox", ".benchmarks", "equivtest-report*")
+    shutil.copytree(ROOT, dest, ignore=ignore, dirs_exist_ok=True)
+
+
+def _pytest(copy: Path, m: Mutant) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EQUIVTEST_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(copy), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--run-slow",
+           f"--backend={m.backends}", *m.tests, *m.extra]
+    return subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _apply(copy: Path, m: Mutant) -> None:
+    f = copy / m.path
+    text = f.read_text()
+    if text.count(m.old) != 1:
+        raise SystemExit(f"mutant {m.name!r}: {m.path} holds the original text {text.count(m.old)} times, not once "
+                         "(the code changed: update the mutant)")
+    f.write_text(text.replace(m.old, m.new))
+
+
+def _ran(res: subprocess.CompletedProcess) -> bool:
+    """pytest ran at least one test (exit 5 means the selection is empty: a stale -k)."""
+    return res.returncode != 5
+
+
+def run(mutants) -> list[tuple[Mutant, str, float]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="equivtest-mutants-") as tmp:
+        for i, m in enumerate(mutants):
+            copy = Path(tmp) / f"m{i}"
+            _copy(copy)
+            t0 = time.monotonic()
+            clean = _pytest(copy, m)
+            if clean.returncode != 0:
+                rows.append((m, f"INVALID (the unchanged code fails these tests: exit {clean.returncode})",
+                             time.monotonic() - t0))
+                continue
+            _apply(copy, m)
+            res = _pytest(copy, m)
+            if not _ran(res):
+                verdict = "INVALID (no test selected)"
+            else:
+                verdict = "caught" if res.returncode != 0 else "SURVIVED"
+            rows.append((m, verdict, time.monotonic() - t0))
+            shutil.rmtree(copy, ignore_errors=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Apply deliberate bugs and check that the suite catches each one "
+                                             "(exit 0: all caught; 1: one survived or was invalid).")
+    ap.add_argument("-k", dest="word", default=None, help="only mutants whose name contains this word")
+    ap.add_argument("--list", action="store_true", help="list the mutants and their tests, run nothing")
+    args = ap.parse_args(argv)
+    mutants = [m for m in MUTANTS if args.word is None or args.word.lower() in m.name.lower()]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}: {m.path}; pytest --backend={m.backends} {' '.join(m.tests)}")
+        return 0
+    rows = run(mutants)
+    width = max(len(m.name) for m, _, _ in rows)
+    for m, verdict, secs in rows:
+        print(f"{m.name:<{width}}  {verdict:<10}  {secs:5.1f} s  ({' '.join(m.tests)})")
+    caught = sum(v == "caught" for _, v, _ in rows)
+    print(f"{caught}/{len(rows)} mutants caught")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
