@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from equivtest import backends
-from equivtest.compare import PROBA_TOLERANCES, assert_allclose
+from equivtest.compare import CONTROL_MARGIN, PROBA_TOLERANCES, assert_allclose
 from equivtest.heads import Weights, sigmoid_to_softmax, softmax_to_sigmoid
 from equivtest.plan import Plan
 
@@ -34,12 +34,31 @@ def test_sigmoid_to_softmax_predicts_the_same(backend, device, dataset, split):
     assert_allclose(p_soft, p_sig, name=f"{backend.name} p(y=1) sigmoid vs converted softmax", atol=ATOL)
 
 
-def test_negative_control_wrong_conversion_fails(backend, device, dataset):
+def _gap(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_negative_control_wrong_conversion_fails(backend, device, dataset, dtype):
+    """beta = w0 - w1 (the classes swapped) predicts 1 - p: it misses by CONTROL_MARGIN x the tolerance."""
+    if dtype == "float64" and not backend.supports_float64:
+        pytest.skip(f"backend '{backend.name}' does not support float64")
     w = spread_weights(dataset.n_features)
     wrong = Weights(w.kernel[:, [0]] - w.kernel[:, [1]], w.bias[[0]] - w.bias[[1]])  # beta = w0 - w1
-    p_soft = backend.predict_proba(w, dataset.X_val, device=device)
-    with pytest.raises(AssertionError, match="p\\(y=1\\)"):
-        assert_allclose(backend.predict_proba(wrong, dataset.X_val, device=device), p_soft, name="p(y=1)", atol=ATOL)
+    p_soft = backend.predict_proba(w, dataset.X_val, device=device, dtype=dtype)
+    p_wrong = backend.predict_proba(wrong, dataset.X_val, device=device, dtype=dtype)
+    tol = PROBA_TOLERANCES[dtype]["atol"]
+    assert _gap(p_wrong, p_soft) > CONTROL_MARGIN * tol, f"wrong conversion only {_gap(p_wrong, p_soft):.3g} off"
+
+
+@pytest.mark.parametrize("split", ["zero", "symmetric"])
+def test_negative_control_sigmoid_to_softmax_with_the_bias_left_out_fails(backend, device, dataset, split):
+    """The reverse conversion must carry c: a softmax built from beta alone misses by the margin."""
+    s = softmax_to_sigmoid(spread_weights(dataset.n_features, seed=1))
+    p_sig = backend.predict_proba(s, dataset.X_val, device=device)
+    w = sigmoid_to_softmax(s, split)
+    no_bias = Weights(w.kernel, np.zeros_like(w.bias))
+    assert _gap(backend.predict_proba(no_bias, dataset.X_val, device=device), p_sig) > CONTROL_MARGIN * ATOL
 
 
 def test_float64_conversion_is_exact_to_1e_12(backend, device, dataset):
@@ -62,8 +81,10 @@ def test_trained_weights_move_between_framework_layouts(dataset, source, target)
         p_src = src.predict_proba(trained, dataset.X_val)
         p_dst = dst.predict_proba(trained, dataset.X_val)
         assert_allclose(p_dst, p_src, name=f"{head} p(y=1) {source} -> {target}", atol=ATOL)
-        # negative control: a layout slip (torch weight rows swapped for a softmax) changes predictions
+        # negative control: a layout slip, torch's (out, in) weight read as Keras's (in, out) kernel by a
+        # reshape instead of a transpose (same shape, other numbers), misses by the margin; a one-logit
+        # head has the same bytes in both layouts, so only the softmax can slip
         if head == "softmax":
-            swapped = Weights(trained.kernel[:, ::-1], trained.bias[::-1])
-            with pytest.raises(AssertionError):
-                assert_allclose(dst.predict_proba(swapped, dataset.X_val), p_src, name="p(y=1)", atol=ATOL)
+            slipped = Weights(np.ascontiguousarray(trained.kernel.T).reshape(trained.kernel.shape), trained.bias)
+            gap = _gap(dst.predict_proba(slipped, dataset.X_val), p_src)
+            assert gap > CONTROL_MARGIN * ATOL, f"a transposed layout only {gap:.3g} off"

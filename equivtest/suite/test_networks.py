@@ -42,37 +42,53 @@ def test_im2col_and_col2im_are_adjoint():
     assert np.isclose(np.sum(im2col(x) * g), np.sum(x * col2im(g, x.shape)), rtol=1e-12, atol=0)
 
 
+#: central differences at step EPS in float64: the truncation error is O(EPS^2) (about 1e-12 here) and the
+#: rounding error of the quotient about 2^-52 x |L| / EPS = 1.8e-10 at a loss of 0.8; measured worst over
+#: every coordinate 1.2e-10 (mlp and cnn).  5e-10 leaves a factor ~3 above that worst case.
+EPS, FD_ATOL = 1e-6, 5e-10
+
+
+@pytest.mark.fast_cells(dict(body="mlp"))
 @pytest.mark.parametrize("body", ["mlp", "cnn"])
 def test_network_gradients_match_finite_differences(body):
-    """Every body parameter's closed-form gradient against central differences (float64, with a mask)."""
+    """Every parameter's closed-form gradient, body and head, against central differences (float64, masked),
+    and the check resolves a gradient 0.01 % off (the control)."""
     net, data = _case(body)
     plan = Plan(dtype="float64")
     bg = rand.generator(5)
     # random biases: with zero biases, blank image patches sit exactly on ReLU's kink, where a finite
     # difference straddles it and no derivative exists
     params = [[k.copy(), 0.1 * rand.normal(bg, b.shape)] for k, b in plan.body_weights(net)]
-    head = plan.initial_weights("softmax", net.width)
+    w = plan.initial_weights("softmax", net.width)
+    head = [w.kernel.copy(), 0.1 * rand.normal(bg, w.bias.shape)]
     x, y = data.X_train[:16].astype(np.float64), data.y_train[:16]
     masks = [(rand.uniform(bg, (16, w)) < 0.5) * 2.0 for w in net.dropout_widths]
 
     def loss():
         h, _ = forward(net, params, x, masks)
-        return _loss_and_grad("softmax", h @ head.kernel + head.bias, y, y.astype(float), None, grad=False)[0]
+        return _loss_and_grad("softmax", h @ head[0] + head[1], y, y.astype(float), None, grad=False)[0]
 
     h, cache = forward(net, params, x, masks)
-    _, _, gz = _loss_and_grad("softmax", h @ head.kernel + head.bias, y, y.astype(float), None)
-    grads = backward(net, params, cache, gz @ head.kernel.T)
-    flat = [p for layer in params for p in layer]
-    for p, g in zip(flat, grads):
-        for j in rand.permutation(bg, p.size)[:6]:
+    _, _, gz = _loss_and_grad("softmax", h @ head[0] + head[1], y, y.astype(float), None)
+    grads = [*backward(net, params, cache, gz @ head[0].T), h.T @ gz, gz.sum(axis=0)]
+    flat = [p for layer in params for p in layer] + head
+    numeric = []
+    for p in flat:
+        d = np.empty_like(p)
+        for j in range(p.size):
             i = np.unravel_index(j, p.shape)
-            old, eps = p[i], 1e-6
-            p[i] = old + eps
+            old = p[i]
+            p[i] = old + EPS
             up = loss()
-            p[i] = old - eps
+            p[i] = old - EPS
             down = loss()
             p[i] = old
-            assert abs((up - down) / (2 * eps) - g[i]) <= 1e-7 + 1e-5 * abs(g[i]), (body, p.shape, i)
+            d[i] = (up - down) / (2 * EPS)
+        numeric.append(d)
+    worst = max(float(np.max(np.abs(d - g))) for d, g in zip(numeric, grads))
+    assert worst <= FD_ATOL, f"{body}: closed form vs central differences {worst:.3g} > {FD_ATOL:g}"
+    off = max(float(np.max(np.abs(d - g * (1 + 1e-4)))) for d, g in zip(numeric, grads))
+    assert off > 10 * FD_ATOL, f"{body}: a gradient 0.01 % off is only {off:.3g} away (control)"
 
 
 @pytest.mark.fast_cells(dict(optimizer="sgd"), dict(body="mlp"))  # every body once, every optimizer once
@@ -119,19 +135,36 @@ def test_network_global_x2_holds_with_a_frozen_body(body):
     assert_trajectories_close(soft, glob, **TOL64)
 
 
+#: counted by hand, layer by layer (kernel + bias), for the networks of ``_case``:
+#: none on 32 features: head 2 x (32 + 1) = 66 or 32 + 1 = 33;
+#: mlp on 32 features: Dense 32 (32 x 32 + 32 = 1056), Dense 16 (32 x 16 + 16 = 528), head on 16: 34 or 17;
+#: cnn on 8 x 8 x 1 images, widths (8, 16): Conv 3x3 1 -> 8 (9 x 8 + 8 = 80), Conv 3x3 8 -> 16
+#: (9 x 8 x 16 + 16 = 1168), global average pooling, head on 16: 34 or 17
+COUNTS = {"none": (66, 33), "mlp": (1056 + 528 + 34, 1056 + 528 + 17), "cnn": (80 + 1168 + 34, 80 + 1168 + 17)}
+
+
 @pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
 def test_networks_differ_by_exactly_d_plus_1_parameters(body):
-    """The head halves (2(w + 1) vs w + 1), the body is shared: the two networks differ by w + 1."""
+    """The oracle's own arrays, against counts made by hand: the head halves, the body is shared."""
     net, data = _case(body)
     if body == "none":
         net = Network("none", data.input_shape)
     p = Plan()
-    body_count = sum(k.size + b.size for k, b in p.body_weights(net))  # the arrays the oracle trains
-    assert body_count == net.n_body_params()
-    soft = body_count + sum(a.size for a in (p.initial_weights("softmax", net.width).kernel,
-                                             p.initial_weights("softmax", net.width).bias))
-    sig = body_count + net.width + 1
-    assert soft - sig == net.width + 1
+    body = [a.size for kb in p.body_weights(net) for a in kb]
+    head = {h: sum(a.size for a in (p.initial_weights(h, net.width).kernel, p.initial_weights(h, net.width).bias))
+            for h in ("softmax", "sigmoid")}
+    assert (sum(body) + head["softmax"], sum(body) + head["sigmoid"]) == COUNTS[net.body]
+
+
+@pytest.mark.fast_cells(dict(backend=FIRST), dict(body="mlp"))
+@pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
+def test_framework_counts_networks_by_hand(backend, body):
+    """Each framework's own count (``count_params()``, ``sum(p.numel())``) is the hand count."""
+    net, data = _case(body)
+    if body == "none":
+        net = Network("none", data.input_shape)
+    got = (backend.count_network_params(net, "softmax"), backend.count_network_params(net, "sigmoid"))
+    assert got == COUNTS[net.body]
 
 
 def test_network_inputs_are_checked():
