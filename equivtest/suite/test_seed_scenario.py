@@ -1,12 +1,15 @@
 """The seed's own setting: each framework's native Dropout, masks drawn independently per run.
 
-Runs then agree only statistically.  The bound: R softmax runs that differ only in
-their dropout seed give, per epoch, a spread sigma_e of val_loss caused by mask
-noise alone.  If the converted sigmoid at 2 lr follows the same process, its
-val_loss minus a softmax run's has standard deviation about sqrt(2) sigma_e, so
-we require |gap_e| <= 4 sqrt(2) max_e(sigma_e) (a 4-sigma band) at every epoch,
-and the gap must be smaller than the gap to a sigmoid from its own random init.
-Seeds are fixed, so the outcome is deterministic per machine and backend.
+Runs then agree only statistically.  R = 8 softmax runs that differ only in their
+dropout seed give, per epoch, a spread sigma_e of val_loss from mask noise alone
+(sigma = max_e sigma_e, estimated to about 27 % from 8 runs).  If the converted
+sigmoid at 2 lr follows the same process, its val_loss minus the runs' mean has
+a standard deviation of sqrt(1 + 1/R) sigma, so we require a 4-sigma band:
+|gap_e| <= 4 sqrt(1 + 1/R) sigma at every epoch.  Measured (torch and numpy,
+the suite's plan): the converted sigmoid sits at 0.9 to 1.6 sigma; at lr x 1.5
+or x 2.5 it sits at 12.6 sigma or more, at lr x 1 and x 3 at 24 or more.  So the
+control (x 1.5 and x 3) must leave the band by a factor 2 (measured 3).  Seeds
+are fixed: the outcome is deterministic per machine and backend.
 """
 
 import numpy as np
@@ -19,7 +22,9 @@ from .tiers import FIRST
 #: the fast tier runs this module on one backend; the slow tier on every selected one
 pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
 
-R = 4
+R = 8
+SIGMAS = 4.0
+CONTROL_FACTOR = 2.0
 
 
 def test_native_dropout_heads_agree_statistically(backend, device, dataset, plan):
@@ -29,16 +34,17 @@ def test_native_dropout_heads_agree_statistically(backend, device, dataset, plan
         backend.train("softmax", w, plan.replace(mask_stream=k), dataset, device=device, masks="native").val_loss
         for k in range(R)
     ])
-    sig2 = plan.replace(lr=2 * plan.lr, mask_stream=R)
-    conv = backend.train("sigmoid", softmax_to_sigmoid(w), sig2, dataset, device=device, masks="native").val_loss
-    rand = backend.train("sigmoid", plan.initial_weights("sigmoid", d, stream=1), sig2.replace(mask_stream=R + 1),
-                         dataset, device=device, masks="native").val_loss
     sigma = reps.std(axis=0, ddof=1).max()
     assert sigma > 0, "native masks must differ between runs (else this is not the seed's setting)"
-    gap_conv = np.abs(conv - reps[0]).max()
-    gap_rand = np.abs(rand - reps[0]).max()
-    bound = 4 * np.sqrt(2) * sigma
-    assert gap_conv <= bound, f"softmax vs converted sigmoid val_loss gap {gap_conv:.3g} > 4-sigma bound {bound:.3g}"
-    assert gap_conv < gap_rand, (
-        f"converted sigmoid gap {gap_conv:.3g} not smaller than random-init sigmoid gap {gap_rand:.3g}"
-    )
+    band = SIGMAS * np.sqrt(1 + 1 / R) * sigma
+
+    def gap(factor: float) -> float:
+        sig = plan.replace(lr=factor * plan.lr, mask_stream=R)
+        conv = backend.train("sigmoid", softmax_to_sigmoid(w), sig, dataset, device=device, masks="native")
+        return float(np.abs(conv.val_loss - reps.mean(axis=0)).max())
+
+    g2 = gap(2.0)
+    assert g2 <= band, f"softmax vs converted sigmoid val_loss gap {g2:.3g} > 4-sigma band {band:.3g}"
+    for factor in (1.5, 3.0):  # the controls: a wrong rate leaves the band, by CONTROL_FACTOR
+        gf = gap(factor)
+        assert gf > CONTROL_FACTOR * band, f"at lr x {factor} the gap {gf:.3g} is within {CONTROL_FACTOR} x the band"
