@@ -42,7 +42,11 @@ TOL = TOLERANCES["float32"]
 @pytest.mark.parametrize("gamma, alpha", [(0.0, None), (2.0, None), (5.0, None), (2.0, 0.5)])
 def test_focal_holds_when_alpha_factors_agree(backend, device, dataset, plan, gamma, alpha):
     p = plan.replace(loss="focal", focal_gamma=gamma, focal_alpha=alpha, lr=3e-2)
-    assert_trajectories_close(*train_pair(backend, p, dataset, device=device), **TOL)
+    soft, sig = train_pair(backend, p, dataset, device=device)
+    assert_trajectories_close(soft, sig, **TOL)
+    # the control: the sigmoid at the softmax's rate (factor 1) parts by the margin
+    _, slow = train_pair(backend, p, dataset, device=device, factor=1.0)
+    assert_trajectories_differ(soft, slow, factor=CONTROL_MARGIN, **TOL)
 
 
 @functools.cache

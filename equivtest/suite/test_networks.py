@@ -205,6 +205,10 @@ def test_network_backend_follows_the_oracle(backend, device, body, dtype):
     # float32 against the float64 oracle: float32 rounding of every product, as for the heads
     # (measured: at most 1.2e-7 in step loss for every body, convolutions included, torch and keras)
     assert_trajectories_close(got, ref, **TOLERANCES[dtype])
+    # the control: the oracle with other dropout masks is another path, by the control margin
+    other = Backend(epsilon_convention=backend.epsilon_convention).train_network(
+        net, "softmax", bw, hw, p.replace(dtype="float64", mask_stream=1), data, rates=rates)
+    assert_trajectories_differ(got, other, factor=CONTROL_MARGIN, **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("momentum", 0.02), ("adam", 1e-3)])
@@ -278,6 +282,16 @@ def test_a_network_moved_between_frameworks_predicts_the_same(body, dtype, atol)
     assert np.max(np.abs(got_torch - want)) <= atol
     assert np.max(np.abs(got_keras - want)) <= atol
     assert np.max(np.abs(got_keras - got_torch)) <= atol
+    # the control: the first layer's kernel in the other layout (a Dense kernel transposed, or a Conv2D kernel
+    # with its spatial axes swapped, the same shape either way) predicts otherwise, by the control margin
+    k0, b0 = bw[0]
+    slipped = np.ascontiguousarray(k0.T).reshape(k0.shape) if k0.ndim == 2 else np.ascontiguousarray(
+        k0.transpose(1, 0, 2, 3))
+    wrong = TorchNetwork(net, [(slipped, b0), *bw[1:]], "softmax", torch.device("cpu"), getattr(torch, dtype))
+    wrong.set_head(hw)
+    with torch.no_grad():
+        got_wrong = torch.softmax(wrong(torch.as_tensor(x)), dim=1)[:, 1].numpy()
+    assert np.max(np.abs(got_wrong - want)) > CONTROL_MARGIN * atol
 
 
 @pytest.mark.fast_cells(dict(backend=FIRST))
@@ -291,6 +305,10 @@ def test_network_global_x2_holds_with_a_frozen_body_in_backend(backend, device, 
     sig = _train(backend, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data, rates=GroupRates(0.0, 0.1),
                  device=device)
     assert_trajectories_close(soft, sig, **TOLERANCES["float32"])
+    # the control: the head at x1 (the body still frozen) parts by the margin
+    x1 = _train(backend, net, "sigmoid", bw, softmax_to_sigmoid(hw), p, data, rates=GroupRates(0.0, 0.05),
+                device=device)
+    assert_trajectories_differ(soft, x1, factor=CONTROL_MARGIN, **TOLERANCES["float32"])
 
 
 @pytest.mark.parametrize("optimizer", [
