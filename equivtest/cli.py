@@ -211,9 +211,9 @@ def _prepare_out(path: str) -> Path:
 
 
 def cmd_run(args, interrupts: Interrupts | None = None) -> int:
-    from .data import load_features
     from .plan import Plan
     from .session import Selection
+    from .sources import load_features
 
     human = sys.stderr if args.json else sys.stdout
     sel = Selection.from_options(args.backend, args.device, args.features)
@@ -363,7 +363,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_write_features(args) -> int:
-    from .data import load_features, write_h5
+    from .data import write_h5
+    from .sources import load_features
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # checked before the features are made, and naming the flag

@@ -1,7 +1,8 @@
 """Feature data: ``Dataset``, the seed's h5 schema and every input check, the split, ``load_features``.
 
-The built-in sources (the GAP-like surrogate, scikit-learn's sets) are in
-:mod:`equivtest.sources`.
+The built-in sources (the GAP-like surrogate, scikit-learn's sets) and
+``load_features``, which reads any source by name, are in :mod:`equivtest.sources`,
+which imports this module (never the other way round).
 
 Every check on user input happens here, once, and fails with a one-line
 :class:`~equivtest.errors.FeatureError` naming the file, the dataset and the problem.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -351,47 +351,3 @@ def _where(source: str) -> str:
     if source in BUILTIN_SOURCES or source.startswith("synthetic") or source == "arrays":
         return f"features '{source}'"
     return f"features file{'s' if ',' in source else ''} '{source}'"
-
-
-
-# --------------------------------------------------------------------------- sources
-_SYNTH_RE = re.compile(r"^synthetic(?::(\d+)x(\d+))?$")
-
-
-def load_features(source: str | os.PathLike | None = None, *, split_seed: int = DEFAULT_SEED,
-                  surrogate_seed: int = DEFAULT_SEED) -> Dataset:
-    """Load a features source by name.
-
-    ``source`` is one of: ``None`` or ``"synthetic"`` (the full surrogate),
-    ``"synthetic:NxD"`` (a surrogate of that size), ``"breast-cancer"``,
-    ``"digits"``, a path to an h5 file in the seed's schema, or several paths
-    joined with commas.
-    """
-    if source is None:
-        source = "synthetic"
-    src = str(source).strip()
-    from . import sources
-
-    m = _SYNTH_RE.match(src)
-    if m:
-        n, d = (int(m.group(1)), int(m.group(2))) if m.group(1) else SURROGATE_SHAPE
-        return sources.surrogate(n, d, seed=surrogate_seed, split_seed=split_seed)
-    if src == "breast-cancer":
-        return sources.breast_cancer(split_seed=split_seed)
-    if src == "digits":
-        return sources.digits(split_seed=split_seed)
-    if not src:
-        raise FeatureError("features ''", "empty source; give an h5 path or one of " + ", ".join(BUILTIN_SOURCES))
-    paths = [p.strip() for p in src.split(",")]
-    if any(not p for p in paths):
-        raise FeatureError(f"features '{src}'", "empty path in the comma-separated list")
-    if len(paths) == 1 and not _looks_like_path(paths[0]):
-        raise FeatureError(
-            f"features '{src}'",
-            "is neither an existing file nor a built-in source (" + ", ".join(BUILTIN_SOURCES) + ", synthetic:NxD)",
-        )
-    return join_h5(paths, split_seed=split_seed)
-
-
-def _looks_like_path(s: str) -> bool:
-    return os.path.exists(s) or os.sep in s or s.endswith((".h5", ".hdf5", ".hdf"))

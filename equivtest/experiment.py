@@ -346,7 +346,7 @@ def run_network_experiment(dataset: Dataset, plan: Plan, backend_names, network,
 def compute_network_checks(res: ExperimentResult, dataset: Dataset, network) -> list[Check]:
     """The network's verdicts: parameter counts (the head halves, the body is shared), conversion of the
     trained network, the trajectory under the rule, the random-init control, cross-framework."""
-    from .backends.numpy_network import forward
+    from .backends.numpy.network import forward
     from .heads import predict_proba
 
     checks: list[Check] = []

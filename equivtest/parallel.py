@@ -16,7 +16,7 @@
 * ``keras``: ``tf.distribute.MirroredStrategy`` over N logical CPU devices;
   ``keras-jax``: ``keras.distribution.DataParallel`` over N XLA host devices.
   Both run in a Keras worker process started for N devices
-  (:mod:`equivtest.backends.keras_parallel` says how each weights its loss).
+  (:mod:`equivtest.backends.keras.parallel` says how each weights its loss).
 
 Whole networks (:mod:`equivtest.networks`) train the same way
 (:func:`train_network`): the masks of the network's Dropout layer are sharded
@@ -74,15 +74,6 @@ def check(backend: str, plan: Plan, n: int, world_size: int) -> None:
             f"a batch of {bad[-1]} does not (batch size {plan.batch_size}{rows})")
 
 
-def worker_env(keras_backend: str, n: int, environ) -> dict:
-    """Environment of a Keras worker that sees ``n`` host devices (set before its framework starts)."""
-    env = {"EQUIVTEST_HOST_DEVICES": str(n)}
-    if keras_backend == "jax":
-        flags = f"{environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
-        env.update({"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"})
-    return env
-
-
 _keras_workers: dict = {}
 
 
@@ -91,7 +82,7 @@ def _keras_worker(backend: str, world_size: int):
     key = (backend, world_size)
     if key not in _keras_workers:
         from .backends import info
-        from .backends.keras_isolated import Backend
+        from .backends.keras.worker import Backend
 
         reason = info(backend).unavailable_reason()
         if reason:
@@ -219,7 +210,7 @@ def _start_method() -> str:
     # DistributedDataParallel's constructor imports torch._dynamo (about 2 s): preloaded too
     multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo",
                                             "equivtest.parallel", "equivtest.backends.torch",
-                                            "equivtest.backends.torch_network"])
+                                            "equivtest.backends.torch.network"])
     return "forkserver"
 
 
@@ -256,7 +247,7 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
 
     from .backends import get
     from .backends._base import batch_sizes
-    from .backends.torch import _DTYPES, _loss_fn
+    from .backends.torch.ops import DTYPES, loss_fn
     from .heads import hits
 
     own = not dist.is_initialized()  # under torchrun's entry point (main) the group outlives one run
@@ -269,19 +260,19 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         be = get("torch")
-        dt = _DTYPES[plan.dtype]
+        dt = DTYPES[plan.dtype]
         cpu = torch.device("cpu")
         X = torch.as_tensor(data.X_train).to(dt)
         y = torch.as_tensor(data.y_train)
         yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train)).to(dt)
         n = len(data.y_train)
         if network is None:
-            module = be._linear(init, cpu, dt)
+            module = be.linear_layer(init, cpu, dt)
             model = DDP(module)
-            opt = be._optimizer(plan, model.parameters())
+            opt = be.make_optimizer(plan, model.parameters())
             width = X.shape[1]
         else:
-            from .backends.torch_network import TorchNetwork
+            from .backends.torch.network import TorchNetwork
 
             net, body_init, rates = network
             module = TorchNetwork(net, body_init, head, cpu, dt)
@@ -292,12 +283,12 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
                 if body_params else []
             groups.append({"params": list(module.head.parameters()), "lr": rates.head_lr,
                            "weight_decay": rates.head_decay})
-            opt = be._optimizer(plan, groups)
+            opt = be.make_optimizer(plan, groups)
             width = net.dropout_widths[0]
         bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
         scale = plan.mask_scale
         losses, correct, val_loss, val_acc = [], [], [], []
-        loss_mean = _loss_fn(head, plan)
+        loss_mean = loss_fn(head, plan)
         for epoch in range(plan.epochs):
             order = torch.as_tensor(plan.batch_order(epoch, n))
             keep = plan.epoch_masks(epoch, n, width)
@@ -342,7 +333,7 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
             meta.update({"body": network[0].body, "rates": network[2].__dict__})
         traj = Trajectory.from_steps(losses, correct, sizes, len(bounds), val_loss, val_acc, weights, meta)
         if network is not None:
-            from .backends.torch_network import from_torch_kernel
+            from .backends.torch.network import from_torch_kernel
 
             traj.body = [(from_torch_kernel(m.weight.detach().numpy()), m.bias.detach().numpy())
                          for m in module.body_layers()]
@@ -385,8 +376,8 @@ def main(argv=None) -> int:
     import sys
 
     from .compare import TOLERANCES, compare_trajectories
-    from .data import load_features
     from .heads import softmax_to_sigmoid
+    from .sources import load_features
 
     ap = argparse.ArgumentParser(prog="torchrun [...] -m equivtest.parallel",
                                  description="softmax vs converted sigmoid, data-parallel over torchrun's ranks")

@@ -36,9 +36,8 @@ def digest(a: np.ndarray) -> str:
 
 def input_digests(sources=SOURCES) -> dict[str, str]:
     """name -> digest of every generated input (features, labels, split, weights, orders, masks)."""
-    from .data import load_features
     from .plan import Plan
-    from .sources import surrogate
+    from .sources import load_features, surrogate
 
     out: dict[str, str] = {}
     for src in sources:

@@ -102,7 +102,7 @@ class Selection:
     def dataset(self):
         """The features, loaded once (bad files raise the foundation's FeatureError)."""
         if self._dataset is None:
-            from .data import load_features
+            from .sources import load_features
 
             self._dataset = load_features(self.features)
         return self._dataset
@@ -110,7 +110,7 @@ class Selection:
     @staticmethod
     def _devices_of(name: str) -> str:
         """The devices a backend sees if it is already loaded, else what it can use (imports nothing)."""
-        loaded = _registry._loaded.get(name)
+        loaded = _registry.loaded(name)
         if loaded is not None:
             return ", ".join(loaded.devices())
         kinds = _registry.info(name).device_kinds

@@ -8,10 +8,12 @@ sums), so its bytes are the same on every machine; ``load_features`` in
 from __future__ import annotations
 
 import math
+import os
+import re
 
 import numpy as np
 
-from .data import DEFAULT_SEED, SURROGATE_SHAPE, Dataset
+from .data import BUILTIN_SOURCES, DEFAULT_SEED, SURROGATE_SHAPE, Dataset, join_h5
 from .errors import FeatureError
 
 
@@ -127,3 +129,66 @@ def digits(*, split_seed: int = DEFAULT_SEED, images: bool = False) -> Dataset:
     shape = "1797 x 8 x 8 x 1 images" if images else "1797 x 64"
     return Dataset(X, y, source="digits", split_seed=split_seed,
                    description=f"scikit-learn digits ({shape}, pixels / 16); label 1 = odd digit")
+
+
+# --------------------------------------------------------------------------- any source by name
+_SYNTH_RE = re.compile(r"^synthetic(?::(\d+)x(\d+))?$")
+
+
+def load_features(source: str | os.PathLike | None = None, *, split_seed: int = DEFAULT_SEED,
+                  surrogate_seed: int = DEFAULT_SEED) -> Dataset:
+    """Load a features source by name.
+
+    ``source`` is one of: ``None`` or ``"synthetic"`` (the full surrogate),
+    ``"synthetic:NxD"`` (a surrogate of that size), ``"breast-cancer"``,
+    ``"digits"``, a path to an h5 file in the seed's schema, or several paths
+    joined with commas.
+    """
+    if source is None:
+        source = "synthetic"
+    src = str(source).strip()
+    m = _SYNTH_RE.match(src)
+    if m:
+        n, d = (int(m.group(1)), int(m.group(2))) if m.group(1) else SURROGATE_SHAPE
+        _check_memory(src, n, d)
+        return surrogate(n, d, seed=surrogate_seed, split_seed=split_seed)
+    if src == "breast-cancer":
+        return breast_cancer(split_seed=split_seed)
+    if src == "digits":
+        return digits(split_seed=split_seed)
+    if not src:
+        raise FeatureError("features ''", "empty source; give an h5 path or one of " + ", ".join(BUILTIN_SOURCES))
+    paths = [p.strip() for p in src.split(",")]
+    if any(not p for p in paths):
+        raise FeatureError(f"features '{src}'", "empty path in the comma-separated list")
+    if len(paths) == 1 and not _looks_like_path(paths[0]):
+        raise FeatureError(
+            f"features '{src}'",
+            "is neither an existing file nor a built-in source (" + ", ".join(BUILTIN_SOURCES) + ", synthetic:NxD)",
+        )
+    return join_h5(paths, split_seed=split_seed)
+
+
+def _looks_like_path(s: str) -> bool:
+    return os.path.exists(s) or os.sep in s or s.endswith((".h5", ".hdf5", ".hdf"))
+
+
+#: bytes a surrogate of n x d needs at its peak while it is made (float32 features, the float64 and integer
+#: scratch arrays of the generator, the split's copies): measured about 6x the float32 matrix; 8 for room
+_SURROGATE_BYTES_PER_VALUE = 4 * 8
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+        return None
+
+
+def _check_memory(src: str, n: int, d: int) -> None:
+    """Refuse, before allocating, a surrogate larger than the memory this machine has free."""
+    need = n * d * _SURROGATE_BYTES_PER_VALUE
+    free = _available_memory()
+    if free is not None and need > free:
+        raise FeatureError(f"features '{src}'", f"needs about {need / 1e9:.1f} GB to make ({n} x {d} values), "
+                                                f"but {free / 1e9:.1f} GB of memory is free")

@@ -224,7 +224,7 @@ def test_too_few_rows_of_a_class_is_one_line_naming_counts_and_minimum(tmp_path)
 def test_overflowing_features_stop_each_run_at_the_step_with_a_reason(tmp_path):
     import h5py
 
-    from equivtest.data import load_features
+    from equivtest.sources import load_features
 
     ds = load_features("synthetic:600x32")
     big = tmp_path / "big.h5"

@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from equivtest.data import Dataset, join_h5, load_features, read_h5, write_h5
+from equivtest.data import Dataset, join_h5, read_h5, write_h5
 from equivtest.errors import FeatureError, InputError
-from equivtest.sources import surrogate
+from equivtest.sources import load_features, surrogate
 
 
 def make_h5(path, train=None, label=None, **extra):
@@ -159,3 +159,10 @@ def test_an_h5_file_of_images_is_read_and_checked(tmp_path):
         read_h5(make_h5(tmp_path / "t.h5", train=imgs, label=np.arange(30) % 2, test=np.zeros((4, 5, 6, 1))))
     with pytest.raises(FeatureError, match="only feature vectors can be joined"):
         join_h5([tmp_path / "img.h5", tmp_path / "img.h5"])
+
+
+def test_a_surrogate_larger_than_free_memory_is_refused_before_allocating():
+    """36 TB of float32 asked for: one line with the size in GB, at once (no allocation is tried)."""
+    with pytest.raises(FeatureError, match=r"features 'synthetic:99999999x99999': needs about \d+\.\d GB to make "
+                                           r"\(99999999 x 99999 values\), but \d+\.\d GB of memory is free"):
+        load_features("synthetic:99999999x99999")

@@ -47,7 +47,7 @@ def test_plan_dropout_layer_scales_in_the_inputs_dtype():
     from equivtest.backends import get
 
     get("keras")  # Keras on TensorFlow in this process
-    from equivtest.backends._keras_common import PlanDropout
+    from equivtest.backends.keras.common import PlanDropout
 
     plan = Plan(dropout=0.3)
     x = rand.normal(rand.generator(0), (40, 9))

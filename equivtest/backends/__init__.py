@@ -68,7 +68,7 @@ REGISTRY: dict[str, BackendInfo] = {
                          distributions=("torch",), data_parallel="DistributedDataParallel (gloo)",
                          refuses=(("decoupled decay without AdamW",
                                    "torch.optim offers decoupled weight decay in AdamW only"),)),
-    "keras": BackendInfo("keras", "equivtest.backends.keras", ("tensorflow", "keras"), "tensorflow", "tensorflow",
+    "keras": BackendInfo("keras", "equivtest.backends.keras.tensorflow", ("tensorflow", "keras"), "tensorflow", "tensorflow",
                          ("cpu", "cuda"), epsilon_convention="keras",
                          distributions=("keras", "tensorflow", "tensorflow-cpu"),
                          data_parallel="tf.distribute.MirroredStrategy",
@@ -76,10 +76,10 @@ REGISTRY: dict[str, BackendInfo] = {
                                            ("autocast", "its data-parallel path trains in the plan's dtype only"))),
     # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them); fed float64
     # they train at float32 precision, so they do not claim it
-    "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras_isolated", ("keras", "torch"), "keras-torch",
+    "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras.worker", ("keras", "torch"), "keras-torch",
                                "keras", float64=False, epsilon_convention="keras",
                                distributions=("keras", "torch"), worker_process=True),
-    "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras_isolated", ("keras", "jax"), "keras-jax",
+    "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras.worker", ("keras", "jax"), "keras-jax",
                              "keras", float64=False, epsilon_convention="keras",
                              distributions=("keras", "jax", "jaxlib"), worker_process=True,
                              data_parallel="keras.distribution.DataParallel",
@@ -91,6 +91,11 @@ NAMES = tuple(REGISTRY)
 DEFAULT_NAMES = ("numpy", "torch", "keras")
 
 _loaded: dict = {}
+
+
+def loaded(name: str):
+    """The backend instance for ``name`` if this process already made one, else None (imports nothing)."""
+    return _loaded.get(name)
 
 
 def parse_names(spec: str | None) -> list[str]:

@@ -107,7 +107,14 @@ class BaseBackend:
                       rates, device: str = "cpu") -> Trajectory:
         """Train a whole network (``equivtest.networks``): body from ``body_init`` (canonical layers),
         head from ``head_init``, per-group learning rates and decays ``rates``; the plan's masks at
-        every Dropout layer.  ``Trajectory.body`` holds the trained body."""
+        every Dropout layer.  ``Trajectory.body`` holds the trained body.  A backend gives its
+        network loop as :meth:`network_loop`; this passes it the resolved device."""
+        loop = self.network_loop()
+        return loop(self, network, head, body_init, head_init, plan, data, rates, self.resolve_device(device))
+
+    def network_loop(self):
+        """The framework's ``train_network(backend, network, head, body_init, head_init, plan, data, rates,
+        device)`` (its ``network`` module's)."""
         raise NotImplementedError(f"backend '{self.name}' does not train whole networks yet")
 
     # -- shared helpers -----------------------------------------------------------

@@ -130,13 +130,13 @@ def _keras_losses():
 
 
 def test_saturation_numpy_logit_forms_are_exact():
-    from equivtest.backends.numpy import _loss_and_grad
+    from equivtest.backends.numpy.ops import loss_and_grad
 
     ones = np.ones(len(MARGINS), np.int64)
     z64 = MARGINS.astype(np.float64)
-    soft = [_loss_and_grad("softmax", np.array([[0.0, m]]), ones[:1], ones[:1].astype(float), None, grad=False)[0]
+    soft = [loss_and_grad("softmax", np.array([[0.0, m]]), ones[:1], ones[:1].astype(float), None, grad=False)[0]
             for m in z64]
-    sig = [_loss_and_grad("sigmoid", np.array([[m]]), ones[:1], ones[:1].astype(float), None, grad=False)[0]
+    sig = [loss_and_grad("sigmoid", np.array([[m]]), ones[:1], ones[:1].astype(float), None, grad=False)[0]
            for m in z64]
     # the oracle computes log p without cancellation for both heads: relatively exact at every margin
     assert_allclose(soft, EXACT, name="numpy softmax -log p", rtol=1e-12)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from equivtest import rand
-from equivtest.backends.numpy import Backend, _loss_and_grad
-from equivtest.backends.numpy_network import backward, col2im, forward, im2col, train_network
+from equivtest.backends.numpy import Backend
+from equivtest.backends.numpy.network import backward, col2im, forward, im2col, train_network
+from equivtest.backends.numpy.ops import loss_and_grad
 from equivtest.compare import (
     CONTROL_MARGIN,
     TOLERANCES,
@@ -66,10 +67,10 @@ def test_network_gradients_match_finite_differences(body):
 
     def loss():
         h, _ = forward(net, params, x, masks)
-        return _loss_and_grad("softmax", h @ head[0] + head[1], y, y.astype(float), None, grad=False)[0]
+        return loss_and_grad("softmax", h @ head[0] + head[1], y, y.astype(float), None, grad=False)[0]
 
     h, cache = forward(net, params, x, masks)
-    _, _, gz = _loss_and_grad("softmax", h @ head[0] + head[1], y, y.astype(float), None)
+    _, _, gz = loss_and_grad("softmax", h @ head[0] + head[1], y, y.astype(float), None)
     grads = [*backward(net, params, cache, gz @ head[0].T), h.T @ gz, gz.sum(axis=0)]
     flat = [p for layer in params for p in layer] + head
     numeric = []
@@ -230,7 +231,7 @@ def test_network_per_layer_rule_holds_in_backend(backend, device, body, optimize
 def test_network_layouts_convert_exactly():
     """Canonical (Keras) kernels to torch's layouts and back, and the same predictions from both."""
     torch = pytest.importorskip("torch", reason="needs torch: pip install 'equivtest[torch]'")
-    from equivtest.backends.torch_network import TorchNetwork, from_torch_kernel, to_torch_kernel
+    from equivtest.backends.torch.network import TorchNetwork, from_torch_kernel, to_torch_kernel
 
     net, data = _case("cnn")
     p = Plan(dtype="float64")
@@ -255,9 +256,9 @@ def test_a_network_moved_between_frameworks_predicts_the_same(body, dtype, atol)
     import torch
 
     from equivtest.backends import get
-    from equivtest.backends._keras_common import floatx
-    from equivtest.backends.keras_network import build
-    from equivtest.backends.torch_network import TorchNetwork
+    from equivtest.backends.keras.common import floatx
+    from equivtest.backends.keras.network import build
+    from equivtest.backends.torch.network import TorchNetwork
 
     get("keras")  # Keras on TensorFlow, imported the way the backend imports it
     net, data = _case(body)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..heads import Weights
-from ..networks import GroupRates, Network
-from ..plan import Plan
-from ..trajectory import Trajectory
+from ...heads import Weights
+from ...networks import GroupRates, Network
+from ...plan import Plan
+from ...trajectory import Trajectory
 
 
 def im2col(x: np.ndarray) -> np.ndarray:
@@ -89,8 +89,8 @@ def backward(net: Network, params, cache, gh: np.ndarray) -> list[np.ndarray]:
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
                   rates: GroupRates) -> Trajectory:
     """Train body + head under ``plan`` with per-group ``rates``; per-step losses as the head's ``train``."""
-    from ._base import all_finite, batch_sizes, check_finite
-    from .numpy import _loss_and_grad, _Optimizer
+    from .._base import all_finite, batch_sizes, check_finite
+    from .ops import OptimizerState, loss_and_grad
 
     dt = np.dtype(plan.dtype)
     X, Xv = data.X_train.astype(dt), data.X_val.astype(dt)
@@ -100,9 +100,9 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     body = [[k.astype(dt, copy=True), b.astype(dt, copy=True)] for k, b in body_init]
     kh, bh = head_init.kernel.astype(dt, copy=True), head_init.bias.astype(dt, copy=True)
     flat_body = [p for layer in body for p in layer]
-    opt_body = _Optimizer(plan.optimizer.replace(weight_decay=rates.body_decay), rates.body_lr, flat_body,
+    opt_body = OptimizerState(plan.optimizer.replace(weight_decay=rates.body_decay), rates.body_lr, flat_body,
                           backend.epsilon_convention) if flat_body else None
-    opt_head = _Optimizer(plan.optimizer.replace(weight_decay=rates.head_decay), rates.head_lr, [kh, bh],
+    opt_head = OptimizerState(plan.optimizer.replace(weight_decay=rates.head_decay), rates.head_lr, [kh, bh],
                           backend.epsilon_convention)
     scale = dt.type(plan.mask_scale)
     bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
@@ -114,7 +114,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             idx = order[s:t]
             masks = [None if d is None else d[s:t] * scale for d in drawn]
             h, cache = forward(net, body, X[idx], masks)
-            loss, n_right, gz = _loss_and_grad(head, h @ kh + bh, y[idx], T[idx], None)
+            loss, n_right, gz = loss_and_grad(head, h @ kh + bh, y[idx], T[idx], None)
             if not np.isfinite(loss):
                 check_finite(backend.name, head, [loss], len(losses))
             losses.append(loss)
@@ -125,7 +125,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                 opt_body.step(grads)
         check_finite(backend.name, head, [], len(losses), all_finite(kh, bh, *flat_body))
         hv, _ = forward(net, body, Xv, [None] * len(net.dropout_widths))
-        vl, vr, _ = _loss_and_grad(head, hv @ kh + bh, yv, Tv, None, grad=False)
+        vl, vr, _ = loss_and_grad(head, hv @ kh + bh, yv, Tv, None, grad=False)
         val_loss.append(vl)
         val_acc.append(vr / len(yv))
     meta = {"backend": backend.name, "head": head, "body": net.body, "dtype": plan.dtype, "lr": plan.lr,

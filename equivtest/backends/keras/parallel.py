@@ -17,7 +17,7 @@
   loss is the global batch mean by construction and there are no per-replica
   losses to weight.  JAX needs every batch to divide by N.
 
-The worker process is ``keras_isolated``'s, started with ``EQUIVTEST_HOST_DEVICES``
+The worker process is :mod:`.worker`'s, started with ``EQUIVTEST_HOST_DEVICES``
 (and, for JAX, the XLA flags) in its environment; :mod:`equivtest.parallel`
 starts it.  Both engines record each step's summed per-sample loss and correct
 count in a metric whose variables Keras keeps per replica and sums when read
@@ -34,17 +34,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..heads import Weights
-from ..plan import Plan
-from ..trajectory import Trajectory
-from . import keras_network as kn
-from ._keras_common import (
+from ...heads import Weights
+from ...plan import Plan
+from ...trajectory import Trajectory
+from . import network as kn
+from .common import (
     PlanDropout,
-    _loss,
-    _targets,
     dense_layer,
     floatx,
     hits,
+    keras_loss,
+    keras_targets,
     make_optimizer,
     plain_model,
 )
@@ -157,7 +157,7 @@ def _row_weights(plan: Plan, n: int) -> np.ndarray:
 
 def train(name: str, head: str, init: Weights, plan: Plan, data, world: int, weighted: bool = True) -> Trajectory:
     """The head trained by ``Model.fit`` under Keras's distribution over ``world`` host devices."""
-    from ._base import all_finite, batch_sizes, check_finite
+    from .._base import all_finite, batch_sizes, check_finite
 
     _refuse(plan, name)
     kind = keras.backend.backend()
@@ -167,7 +167,7 @@ def train(name: str, head: str, init: Weights, plan: Plan, data, world: int, wei
     steps, sizes = plan.steps_per_epoch(n), batch_sizes(plan, n)
     masked = plan.dropout > 0
     sums = kind == "tensorflow" and weighted  # JAX's loss is already the global mean
-    Y, Xv, Yv = _targets(head, y, dt), data.X_val.astype(dt, copy=False), _targets(head, data.y_val, dt)
+    Y, Xv, Yv = keras_targets(head, y, dt), data.X_val.astype(dt, copy=False), keras_targets(head, data.y_val, dt)
     weights = _row_weights(plan, n) if sums else None
     losses, correct, val_loss, val_acc = [], [], [], []
     with floatx(dt):
@@ -179,8 +179,8 @@ def train(name: str, head: str, init: Weights, plan: Plan, data, world: int, wei
                 model = keras.Model([x_in, m_in], dense(PlanDropout(plan.mask_scale, dtype=dt)(x_in, m_in)))
             else:
                 model = keras.Model(x_in, dense(x_in))
-            recorder = ShardRecorder(head, steps, dt, _loss(head, plan, reduction=None))
-            model.compile(optimizer=make_optimizer(plan), loss=_loss(head, plan, "sum" if sums else
+            recorder = ShardRecorder(head, steps, dt, keras_loss(head, plan, reduction=None))
+            model.compile(optimizer=make_optimizer(plan), loss=keras_loss(head, plan, "sum" if sums else
                                                                       "sum_over_batch_size"),
                           metrics=[recorder], jit_compile=False)
             evaluator = plain_model(head, d, dt, dense)
@@ -197,7 +197,7 @@ def train(name: str, head: str, init: Weights, plan: Plan, data, world: int, wei
             check_finite(name, head, step_loss, epoch * steps,
                          all_finite(*(ops.convert_to_numpy(v) for v in dense.weights)))
             # outside any strategy, whose scope would scale a Keras loss by 1/N
-            vl, va = kn._val_figures(_loss(head, plan), head, evaluator(Xv, training=False), Yv, data.y_val)
+            vl, va = kn.val_figures(keras_loss(head, plan), head, evaluator(Xv, training=False), Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
     kernel, bias = (np.asarray(ops.convert_to_numpy(v)) for v in dense.weights)
@@ -208,7 +208,7 @@ def train(name: str, head: str, init: Weights, plan: Plan, data, world: int, wei
 
 
 def _meta(name: str, world: int, weighted: bool) -> dict:
-    from . import info
+    from .. import info
 
     return {"world_size": world, "weighted": weighted, "engine": info(name).data_parallel}
 
@@ -218,12 +218,12 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
                   weighted: bool = True) -> Trajectory:
     """A whole network, one optimizer per parameter group, data-parallel over ``world`` host devices.
 
-    TensorFlow: the two-optimizer ``train_step`` of :mod:`keras_network` run by
+    TensorFlow: the two-optimizer ``train_step`` of :mod:`.network` run by
     ``fit`` under the strategy (each optimizer all-reduces its group's
     gradients).  JAX: the from-scratch loop with each batch placed by the
     distribution's data layout, so the jitted step runs sharded.
     """
-    from ._base import all_finite, batch_sizes, check_finite
+    from .._base import all_finite, batch_sizes, check_finite
 
     _refuse(plan, name)
     kind = keras.backend.backend()
@@ -241,9 +241,9 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
             body_opt, head_opt = kn.group_optimizers(plan, rates)
             inputs, body, dense, out = kn.build(net, head, dt)
             body_vars, head_vars = kn.group_variables(body, dense, body_opt, head_opt)
-            loss_fn = _loss(head, plan, "sum" if sums else "sum_over_batch_size")
+            loss_fn = keras_loss(head, plan, "sum" if sums else "sum_over_batch_size")
             if kind == "tensorflow":
-                recorder = ShardRecorder(head, steps, dt, _loss(head, plan, reduction=None))
+                recorder = ShardRecorder(head, steps, dt, keras_loss(head, plan, reduction=None))
                 model = _tf_two_groups(inputs, out, loss_fn, recorder, body_opt, head_opt, body_vars, head_vars)
             else:
                 model = keras.Model(inputs, out)
@@ -252,7 +252,7 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
                 run_epoch = _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head)
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
-            masks = kn._scaled_masks(plan, epoch, n, width, dt)
+            masks = kn.scaled_masks(plan, epoch, n, width, dt)
             with distributed(world):
                 if kind == "tensorflow":
                     recorder.reset_state()  # not a compiled metric: fit does not reset it
@@ -265,10 +265,10 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
             correct.append(step_right)
             check_finite(name, head, step_loss, epoch * steps,
                          all_finite(*(ops.convert_to_numpy(v) for v in model.trainable_variables)))
-            vl, va = kn._val_figures(_loss(head, plan), head, model([Xv, ones_v], training=False), Yv, data.y_val)
+            vl, va = kn.val_figures(keras_loss(head, plan), head, model([Xv, ones_v], training=False), Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
-    traj = kn._trajectory(name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, "cpu")
+    traj = kn.network_trajectory(name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, "cpu")
     traj.meta.update(_meta(name, world, weighted and kind != "jax"))
     return traj
 

@@ -63,16 +63,16 @@ with _quiet_native_stderr(), _keras_backend("tensorflow"):  # 'keras' means Kera
     import tensorflow as tf  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..devices import Device  # noqa: E402
-from ..heads import SOFTMAX, Weights  # noqa: E402
-from ..plan import Plan, tf32_requested  # noqa: E402
-from ..trajectory import Trajectory  # noqa: E402
-from ._base import BaseBackend  # noqa: E402
-from ._keras_common import (  # noqa: E402
+from ...devices import Device  # noqa: E402
+from ...heads import SOFTMAX, Weights  # noqa: E402
+from ...plan import Plan, tf32_requested  # noqa: E402
+from ...trajectory import Trajectory  # noqa: E402
+from .._base import BaseBackend  # noqa: E402
+from .common import (  # noqa: E402
     Compiled,
-    _targets,
     build,
     floatx,
+    keras_targets,
     plain_model,
     train_epochs,
 )
@@ -131,15 +131,14 @@ class Backend(BaseBackend):
 
     # -- training -----------------------------------------------------------------
     def count_network_params(self, network, head: str) -> int:
-        from .keras_network import count_params
+        from .network import count_params
 
         return count_params(network, head)
 
-    def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
-        from .keras_network import train_network
+    def network_loop(self):
+        from .network import train_network
 
-        return train_network(self, network, head, body_init, head_init, plan, data, rates,
-                             self.resolve_device(device))
+        return train_network
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
@@ -218,7 +217,7 @@ class Backend(BaseBackend):
         be reused while the entry lives.
         """
         def make():
-            value = _targets(head, array, dtype) if head else array.astype(dtype, copy=False)
+            value = keras_targets(head, array, dtype) if head else array.astype(dtype, copy=False)
             with tf.device("/CPU:0"):
                 return array, tf.Variable(value, trainable=False)
 

@@ -2,10 +2,10 @@
 
 Keras picks its backend once per process (``KERAS_BACKEND``), and this process
 may already hold Keras on TensorFlow, so these backends run a worker process
-(``python -m equivtest.backends.keras_isolated``) with the variable set before
+(``python -m equivtest.backends.keras.worker``) with the variable set before
 Keras is imported, talking over a socket pair.  The worker trains with Keras's own ``Model.fit`` on NumPy
 inputs (rows in the plan's order, the plan's masks as a second input): the
-portable path, with the pieces in ``_keras_common``.  CPU only for now.
+portable path, with the pieces in :mod:`.common`.  CPU only for now.
 
 Requests and results (datasets, plans, weights, trajectories) travel pickled
 through a pipe; an epoch ``callback`` is called after the run, epoch by epoch.
@@ -22,18 +22,28 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from ..heads import Weights
-from ..plan import tf32_requested
-from ._base import BaseBackend
+from ...heads import Weights
+from ...plan import tf32_requested
+from .._base import BaseBackend
 
 KERAS_BACKENDS = {"keras-torch": "torch", "keras-jax": "jax", "keras": "tensorflow"}
+
+
+def worker_env(keras_backend: str, n: int, environ) -> dict:
+    """Environment of a Keras worker that sees ``n`` host devices (set before its framework starts)."""
+    env = {"EQUIVTEST_HOST_DEVICES": str(n)}
+    if keras_backend == "jax":
+        flags = f"{environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+        env.update({"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"})
+    return env
+
 
 
 class Backend(BaseBackend):
     """A proxy: every call runs in the worker process for ``keras_backend``.
 
     ``host_devices=N`` starts a worker that sees N host devices for Keras's data
-    parallelism (:mod:`keras_parallel`): N logical CPUs on TensorFlow, N XLA host
+    parallelism (:mod:`.parallel`): N logical CPUs on TensorFlow, N XLA host
     devices (and float64) on JAX.
     """
 
@@ -50,8 +60,6 @@ class Backend(BaseBackend):
     def _env(self) -> dict:
         env = {**os.environ, "KERAS_BACKEND": self.keras_backend}
         if self.host_devices:
-            from ..parallel import worker_env
-
             env.update(worker_env(self.keras_backend, self.host_devices, os.environ))
         return env
 
@@ -62,7 +70,7 @@ class Backend(BaseBackend):
             parent, child = socket.socketpair()
             env = self._env()
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "equivtest.backends.keras_isolated", str(child.fileno())],
+                [sys.executable, "-m", "equivtest.backends.keras.worker", str(child.fileno())],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
             )
             child.close()
@@ -78,7 +86,7 @@ class Backend(BaseBackend):
             raise RuntimeError(f"backend '{self.name}': its worker process stopped ({exc})") from None
         if not ok:
             kind, message = value
-            from ..errors import NonFiniteLoss
+            from ...errors import NonFiniteLoss
 
             if kind == "NonFiniteLoss":  # its message already names the backend, the head and the step
                 import re
@@ -131,7 +139,7 @@ class Backend(BaseBackend):
         return traj
 
     def train_parallel(self, head, init, plan, data, *, weighted=True):
-        """The head trained data-parallel over this worker's host devices (:func:`keras_parallel.train`)."""
+        """The head trained data-parallel over this worker's host devices (:func:`.parallel.train`)."""
         return self._call("train_parallel", head, init, plan, _portable_data(data), weighted)
 
     def train_network_parallel(self, network, head, body_init, head_init, plan, data, *, rates, weighted=True):
@@ -165,7 +173,7 @@ def _serve(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if os.environ.get("EQUIVTEST_HOST_DEVICES"):
-        from .keras_parallel import configure_host_devices
+        from .parallel import configure_host_devices
 
         configure_host_devices()
     worker = _Worker()
@@ -202,7 +210,7 @@ class _Worker:
 
             tf.config.experimental.enable_tensor_float_32_execution(bool(on))
         else:
-            from .torch import set_torch_tf32
+            from ..torch import set_torch_tf32
 
             set_torch_tf32(on)
         return bool(on)
@@ -215,33 +223,33 @@ class _Worker:
         return {"version": f"keras {k.__version__} / {k.backend.backend()} {lib.__version__}", "tf32": self._tf32}
 
     def count_network_params(self, network, head: str) -> int:
-        from .keras_network import count_params
+        from .network import count_params
 
         return count_params(network, head)
 
     def train_network(self, network, head, body_init, head_init, plan, data, rates):
-        from .keras_network import train_network
+        from .network import train_network
 
         return train_network(self, network, head, body_init, head_init, plan, data, rates)
 
     def train_parallel(self, head, init, plan, data, weighted):
-        from .keras_parallel import host_devices, train
+        from .parallel import host_devices, train
 
         return train(self.name, head, init, plan, data, host_devices(), weighted)
 
     def train_network_parallel(self, network, head, body_init, head_init, plan, data, rates, weighted):
-        from .keras_parallel import host_devices, train_network
+        from .parallel import host_devices, train_network
 
         return train_network(self.name, network, head, body_init, head_init, plan, data, rates, host_devices(),
                              weighted)
 
     def count_params(self, head: str, d: int) -> int:
-        from ._keras_common import plain_model
+        from .common import plain_model
 
         return int(plain_model(head, d, "float32").count_params())
 
     def predict_proba(self, weights: Weights, X: np.ndarray, dtype: str) -> np.ndarray:
-        from ._keras_common import floatx, plain_model
+        from .common import floatx, plain_model
 
         with floatx(dtype):
             model = plain_model(weights.head, weights.n_features, dtype)
@@ -250,7 +258,7 @@ class _Worker:
         return p[:, 1] if weights.head == "softmax" else p[:, 0]
 
     def train(self, head, init, plan, data, masks, record_history):
-        from ._keras_common import _targets, build, floatx, train_epochs
+        from .common import build, floatx, keras_targets, train_epochs
 
         dt = plan.dtype
         X, y = data.X_train.astype(dt, copy=False), data.y_train
@@ -258,8 +266,8 @@ class _Worker:
         use_plan_masks = masks == "plan" and plan.dropout > 0
         with floatx(dt):
             c = build(head, d, plan, masks, plan.steps_per_epoch(n), record_history)
-            Y = _targets(head, y, dt)
-            Xv, Yv = data.X_val.astype(dt, copy=False), _targets(head, data.y_val, dt)
+            Y = keras_targets(head, y, dt)
+            Xv, Yv = data.X_val.astype(dt, copy=False), keras_targets(head, data.y_val, dt)
             class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
 
             def fit_epoch(epoch):
@@ -274,5 +282,5 @@ class _Worker:
                                 record_history=record_history)
 
 
-if __name__ == "__main__":  # the worker: python -m equivtest.backends.keras_isolated FD
+if __name__ == "__main__":  # the worker: python -m equivtest.backends.keras.worker FD
     _serve(Connection(int(sys.argv[1])))

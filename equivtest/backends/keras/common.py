@@ -1,7 +1,7 @@
 """Keras pieces that run on any Keras 3 backend (only ``keras`` and ``keras.ops``).
 
 Shared by the TensorFlow adapter (``backends/keras.py``) and the process-isolated
-Keras-on-PyTorch / Keras-on-JAX adapters (``backends/keras_isolated.py``).  The
+Keras-on-PyTorch / Keras-on-JAX adapters (``backends/keras/worker.py``).  The
 importer decides ``KERAS_BACKEND`` before importing this module.
 """
 
@@ -14,8 +14,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..heads import SOFTMAX, UNITS
-from ..plan import Plan
+from ...heads import SOFTMAX, UNITS
+from ...plan import Plan
 
 
 class PlanDropout(keras.layers.Layer):
@@ -94,7 +94,7 @@ class StepRecorder(keras.metrics.Metric):
         self.count.assign(0)
 
 
-def _loss(head: str, plan: Plan, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
+def keras_loss(head: str, plan: Plan, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
     """The Keras loss object a user compiles with, for ``plan``'s loss (``reduction`` as Keras names it)."""
     label_smoothing = plan.label_smoothing
     r = {"reduction": reduction}
@@ -110,7 +110,7 @@ def _loss(head: str, plan: Plan, reduction: str | None = "sum_over_batch_size") 
     return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, **r)
 
 
-def _targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
+def keras_targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
     if head == SOFTMAX:
         return np.eye(2, dtype=dtype)[y]
     return y.astype(dtype)[:, None]
@@ -193,15 +193,15 @@ def build(head: str, d: int, plan: Plan, masks: str, steps: int, record_history:
         model = keras.Model(x_in, dense(drop(x_in)))
     else:
         model = keras.Model(x_in, dense(x_in))
-    loss = _loss(head, plan)
+    loss = keras_loss(head, plan)
     recorder = StepRecorder(head, steps, dt, loss, track=dense if record_history else None)
     # a weighted metric: it receives the same sample weights (class_weight) as the loss
     model.compile(optimizer=make_optimizer(plan), loss=loss, weighted_metrics=[recorder],
                   steps_per_execution=steps_per_execution, jit_compile=False)
     evaluator = plain_model(head, d, dt, dense)
     # val_loss is the data loss: a metric, since evaluate()'s "loss" adds the L2 penalties
-    data_loss = keras.metrics.MeanMetricWrapper(_loss(head, plan), name="data_loss")
-    evaluator.compile(loss=_loss(head, plan), metrics=["accuracy", data_loss], jit_compile=False)
+    data_loss = keras.metrics.MeanMetricWrapper(keras_loss(head, plan), name="data_loss")
+    evaluator.compile(loss=keras_loss(head, plan), metrics=["accuracy", data_loss], jit_compile=False)
     return Compiled(model, dense, recorder, evaluator)
 
 
@@ -227,9 +227,9 @@ def train_epochs(backend: str, c: Compiled, head: str, init, plan: Plan, n: int,
     (optionally) parameters are read after each epoch, a non-finite loss or
     weight stops the run, and ``callback(epoch, logs)`` gets Keras-style figures.
     """
-    from ..heads import Weights
-    from ..trajectory import Trajectory
-    from ._base import all_finite, batch_sizes, check_finite, epoch_logs
+    from ...heads import Weights
+    from ...trajectory import Trajectory
+    from .._base import all_finite, batch_sizes, check_finite, epoch_logs
 
     dt = plan.dtype
     steps = plan.steps_per_epoch(n)

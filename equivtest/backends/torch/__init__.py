@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import (
+from ...heads import (
     SOFTMAX,
     UNITS,
     Weights,
@@ -29,11 +29,10 @@ from ..heads import (
     sigmoid_coordinates,
     to_torch_layout,
 )
-from ..plan import Plan, tf32_requested
-from ..trajectory import Trajectory
-from ._base import BaseBackend, batch_sizes, check_finite, epoch_logs
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from ...plan import Plan, tf32_requested
+from ...trajectory import Trajectory
+from .._base import BaseBackend, batch_sizes, check_finite, epoch_logs
+from .ops import DTYPES, loss_fn
 
 
 def _to_sigmoid_coordinates(flat: np.ndarray, d: int) -> np.ndarray:
@@ -222,7 +221,7 @@ class Backend(BaseBackend):
         return self._tf32
 
     # -- models -------------------------------------------------------------------
-    def _linear(self, weights: Weights, device, dtype) -> nn.Linear:
+    def linear_layer(self, weights: Weights, device, dtype) -> nn.Linear:
         d, k = weights.kernel.shape
         layer = nn.Linear(d, k, device=device, dtype=dtype)
         w, b = to_torch_layout(weights)
@@ -237,15 +236,15 @@ class Backend(BaseBackend):
 
     def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
         dev = torch.device(self.resolve_device(device))
-        dt = _DTYPES[dtype]
-        layer = self._linear(weights, dev, dt)
+        dt = DTYPES[dtype]
+        layer = self.linear_layer(weights, dev, dt)
         with torch.no_grad():
             z = layer(torch.as_tensor(np.asarray(X), device=dev, dtype=dt))
             p = F.softmax(z, dim=1)[:, 1] if weights.head == SOFTMAX else torch.sigmoid(z[:, 0])
         return p.cpu().numpy()
 
     # -- training -----------------------------------------------------------------
-    def _optimizer(self, plan: Plan, params):
+    def make_optimizer(self, plan: Plan, params):
         s = plan.optimizer
         wd = s.weight_decay
         if wd and s.decay == "decoupled" and s.name != "adamw":
@@ -267,23 +266,22 @@ class Backend(BaseBackend):
 
     def count_network_params(self, network, head: str) -> int:
         """``sum(p.numel())`` over the network's ``nn.Module``."""
-        from .torch_network import TorchNetwork
+        from .network import TorchNetwork
 
         model = TorchNetwork(network, [], head, torch.device("meta"), torch.float32)
         return int(sum(p.numel() for p in model.parameters()))
 
-    def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
-        from .torch_network import train_network
+    def network_loop(self):
+        from .network import train_network
 
-        return train_network(self, network, head, body_init, head_init, plan, data, rates,
-                             self.resolve_device(device))
+        return train_network
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
         dev = torch.device(device)
-        dt = _DTYPES[plan.dtype]
+        dt = DTYPES[plan.dtype]
         X = torch.as_tensor(data.X_train, device=dev).to(dt)
         y = torch.as_tensor(data.y_train, device=dev)
         n, d = X.shape
@@ -291,9 +289,9 @@ class Backend(BaseBackend):
         yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train), device=dev).to(dt)
         sw = plan.sample_weights(data.y_train)  # class weights (focal alpha is inside the focal loss)
         sw = None if sw is None else torch.as_tensor(sw, device=dev).to(dt)
-        loss_fn = _loss_fn(head, plan)
-        layer = self._linear(init, dev, dt)
-        opt = self._optimizer(plan, layer.parameters())
+        batch_loss = loss_fn(head, plan)
+        layer = self.linear_layer(init, dev, dt)
+        opt = self.make_optimizer(plan, layer.parameters())
         bounds = plan.batch_bounds(n)
         dropout = nn.Dropout(plan.dropout) if masks == "native" and plan.dropout > 0 else None
         sizes = batch_sizes(plan, n)
@@ -320,7 +318,7 @@ class Backend(BaseBackend):
                             xb = dropout(xb)
                         with autocast:
                             z = layer(xb)
-                            loss = loss_fn(z, yb, wb)
+                            loss = batch_loss(z, yb, wb)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -337,7 +335,7 @@ class Backend(BaseBackend):
                              bool(torch.isfinite(layer.weight).all() & torch.isfinite(layer.bias).all()))
                 step_correct.append(right)
                 with autocast:
-                    vl, va = self._evaluate(head, layer, loss_fn, Xv, yv, yv_t)
+                    vl, va = self._evaluate(head, layer, batch_loss, Xv, yv, yv_t)
                 val_loss.append(vl)
                 val_acc.append(va)
                 if callback is not None:
@@ -350,48 +348,9 @@ class Backend(BaseBackend):
             history=None if history is None else _to_sigmoid_coordinates(torch.stack(history).cpu().numpy(), d),
         )
 
-    def _evaluate(self, head, layer, loss_fn, Xv, yv, yv_t):
+    def _evaluate(self, head, layer, batch_loss, Xv, yv, yv_t):
         with torch.no_grad():
             z = layer(Xv)
-            loss = loss_fn(z, yv_t, None)
+            loss = batch_loss(z, yv_t, None)
             right = hits(head, z, yv).sum()
         return float(loss), int(right) / len(yv)
-
-
-def _loss_fn(head: str, plan: Plan):
-    """The batch loss as a PyTorch user writes it; per-sample weights give sum(w l) / B."""
-    label_smoothing = plan.label_smoothing
-    if plan.loss == "focal":
-        return _focal_fn(head, plan.focal_gamma, plan.focal_alpha)
-    if head == SOFTMAX:
-        def loss(z, y, w):
-            if w is None:
-                return F.cross_entropy(z, y, label_smoothing=label_smoothing)
-            return (F.cross_entropy(z, y, label_smoothing=label_smoothing, reduction="none") * w).mean()
-    else:
-        def loss(z, t, w):  # t: already smoothed p(y=1) targets
-            return F.binary_cross_entropy_with_logits(z[:, 0], t, weight=w)  # weight: w_i l_i, mean over B
-    return loss
-
-
-def _focal_fn(head: str, gamma: float, alpha: float | None):
-    """Focal losses written in torch: torchvision's ``sigmoid_focal_loss`` for the sigmoid head,
-    Keras's categorical focal definition (alpha on every class) on log_softmax for the softmax head."""
-    if head == SOFTMAX:
-        def loss(z, y, w):
-            logp_t = F.log_softmax(z, dim=1).gather(1, y[:, None])[:, 0]
-            per = -((1 - logp_t.exp()) ** gamma) * logp_t
-            if alpha is not None:
-                per = alpha * per
-            return (per if w is None else per * w).mean()
-    else:
-        def loss(z, t, w):  # torchvision.ops.sigmoid_focal_loss, reduction="mean"
-            x = z[:, 0]
-            p = torch.sigmoid(x)
-            ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-            p_t = p * t + (1 - p) * (1 - t)
-            per = ce * ((1 - p_t) ** gamma)
-            if alpha is not None:
-                per = (alpha * t + (1 - alpha) * (1 - t)) * per
-            return (per if w is None else per * w).mean()
-    return loss

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..heads import SOFTMAX, UNITS, Weights
-from ..networks import GroupRates, Network
-from ..plan import Plan
-from ..trajectory import Trajectory
+from ...heads import SOFTMAX, UNITS, Weights
+from ...networks import GroupRates, Network
+from ...plan import Plan
+from ...trajectory import Trajectory
 
 
 def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None):
@@ -59,14 +59,14 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     import keras
     from keras import ops
 
-    from ._base import all_finite, check_finite
+    from .._base import all_finite, check_finite
 
     kind = keras.backend.backend()
     if kind == "jax":
         return _train_network_jax(backend, net, head, body_init, head_init, plan, data, rates)
     if kind not in ("tensorflow", "torch"):
         raise NotImplementedError(f"backend '{backend.name}' does not train whole networks on Keras's {kind}")
-    from ._keras_common import _loss, floatx, make_optimizer
+    from .common import floatx, keras_loss, make_optimizer
 
     dt = plan.dtype
     opt = plan.optimizer
@@ -89,7 +89,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         body_reg, body_opt = group(rates.body_lr, rates.body_decay) if rates.body_lr > 0 else (None, None)
         head_reg, head_opt = group(rates.head_lr, rates.head_decay)
         inputs, body, dense, out = build(net, head, dt, body_reg, head_reg)
-        loss_fn = _loss(head, plan)
+        loss_fn = keras_loss(head, plan)
         # a frozen body (learning rate 0) is left out of the update, as a user would freeze it
         body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
         head_vars = dense.trainable_variables
@@ -153,7 +153,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
-            masks = _scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
+            masks = scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
             if kind == "tensorflow":
                 record["step"].assign(0)
             eager_record.clear()
@@ -168,10 +168,10 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             check_finite(backend.name, head, losses[-1], epoch * steps,
                          all_finite(*(ops.convert_to_numpy(v) for v in model.trainable_variables)))
             pv = model.predict([Xv, ones_v], batch_size=max(len(Xv), 1), verbose=0)
-            vl, va = _val_figures(loss_fn, head, pv, Yv, data.y_val)
+            vl, va = val_figures(loss_fn, head, pv, Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
-        return _trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
+        return network_trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
                            device)
 
 
@@ -183,8 +183,8 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
     import jax
     import keras
 
-    from ._base import all_finite, check_finite
-    from ._keras_common import _loss, floatx
+    from .._base import all_finite, check_finite
+    from .common import floatx, keras_loss
 
     dt, opt = plan.dtype, plan.optimizer
     if (rates.body_decay or rates.head_decay) and opt.decay == "coupled":
@@ -195,7 +195,7 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
         inputs, body, dense, out = build(net, head, dt)
         model = keras.Model(inputs, out)
         set_initial(body, dense, body_init, head_init, dt)
-        loss_fn = _loss(head, plan)
+        loss_fn = keras_loss(head, plan)
         body_vars, head_vars = group_variables(body, dense, body_opt, head_opt)
         step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head))
         state = JaxState.of(model, body_opt if body_vars else None, head_opt)
@@ -203,7 +203,7 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
-            masks = _scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
+            masks = scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
             ls, cs = [], []
             for s, t in plan.batch_bounds(n):
                 idx = order[s:t]
@@ -214,17 +214,17 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
             correct.append(np.asarray(jax.device_get(cs)))
             check_finite(backend.name, head, losses[-1], epoch * steps, all_finite(*jax.device_get(state.values[0])))
             pv, _ = model.stateless_call(state.values[0], state.values[1], [Xv, ones_v], training=False)
-            vl, va = _val_figures(loss_fn, head, pv, Yv, data.y_val)
+            vl, va = val_figures(loss_fn, head, pv, Yv, data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
         state.write_back()
-        return _trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
+        return network_trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
                            "cpu")
 
 
 def group_optimizers(plan: Plan, rates: GroupRates):
     """(body, head) optimizers at the groups' rates with decoupled decay; no body optimizer for a frozen body."""
-    from ._keras_common import make_optimizer
+    from .common import make_optimizer
 
     opt = plan.optimizer
     body_opt = make_optimizer(plan.replace(lr=rates.body_lr, optimizer=opt.replace(
@@ -253,10 +253,10 @@ def set_initial(body, dense, body_init, head_init: Weights, dt: str) -> None:
 
 def arrays(net: Network, head: str, data, dt: str):
     """(X, Y, X_val, Y_val, ones for the validation masks) in the run's dtype, Y as the head's targets."""
-    from ._keras_common import _targets
+    from .common import keras_targets
 
     Xv = data.X_val.astype(dt)
-    return (data.X_train.astype(dt), _targets(head, data.y_train, dt), Xv, _targets(head, data.y_val, dt),
+    return (data.X_train.astype(dt), keras_targets(head, data.y_train, dt), Xv, keras_targets(head, data.y_val, dt),
             np.ones((len(Xv), net.dropout_widths[0]), dtype=dt))
 
 
@@ -312,7 +312,7 @@ class JaxState:
             v.assign(value)
 
 
-def _scaled_masks(plan: Plan, epoch: int, n: int, width: int, dt: str) -> np.ndarray:
+def scaled_masks(plan: Plan, epoch: int, n: int, width: int, dt: str) -> np.ndarray:
     """The epoch's masks of the network's Dropout layer as ``scale`` or 0 (ones without dropout)."""
     drawn = plan.epoch_masks(epoch, n, width)
     if drawn is None:
@@ -320,7 +320,7 @@ def _scaled_masks(plan: Plan, epoch: int, n: int, width: int, dt: str) -> np.nda
     return (drawn * np.asarray(plan.mask_scale, dtype=dt)).astype(dt)
 
 
-def _val_figures(loss_fn, head: str, pv, Yv, y_val) -> tuple[float, float]:
+def val_figures(loss_fn, head: str, pv, Yv, y_val) -> tuple[float, float]:
     """(val_loss, val_accuracy) from the network's probabilities on the validation set."""
     from keras import ops
 
@@ -329,10 +329,10 @@ def _val_figures(loss_fn, head: str, pv, Yv, y_val) -> tuple[float, float]:
     return float(ops.convert_to_numpy(loss_fn(Yv, pv))), float(np.mean(right))
 
 
-def _trajectory(name: str, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, device):
+def network_trajectory(name: str, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body, device):
     from keras import ops
 
-    from ._base import batch_sizes
+    from .._base import batch_sizes
 
     kernel, bias = (ops.convert_to_numpy(v) for v in dense.weights)
     meta = {"backend": name, "head": head, "body": net.body, "device": device, "dtype": plan.dtype,

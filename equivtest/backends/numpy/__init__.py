@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..heads import SOFTMAX, UNITS, Weights, check_head, hits, sigmoid, sigmoid_coordinates
-from ..heads import predict_proba as _predict_proba
-from ..plan import Optimizer, Plan
-from ..trajectory import Trajectory
-from ._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs
+from ...heads import UNITS, Weights, check_head, sigmoid_coordinates
+from ...heads import predict_proba as _predict_proba
+from ...plan import Plan
+from ...trajectory import Trajectory
+from .._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs
+from .ops import OptimizerState, loss_and_grad
 
 
 class Backend(BaseBackend):
@@ -67,18 +68,20 @@ class Backend(BaseBackend):
 
     def count_network_params(self, network, head: str) -> int:
         """The elements of the arrays the oracle trains for ``network`` with ``head``."""
-        from ..plan import Plan
+        from ...plan import Plan
 
         k = UNITS[check_head(head)]
         body = sum(w.size + b.size for w, b in Plan().body_weights(network))
         return body + sum(p.size for p in _parameters(Weights(np.zeros((network.width, k)), np.zeros(k)), np.float64))
 
-    def train_network(self, network, head, body_init, head_init, plan, data, *, rates, device="cpu"):
-        from .numpy_network import train_network
+    def network_loop(self):
+        from .network import train_network
 
-        self.resolve_device(device)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # check_finite reports
-            return train_network(self, network, head, body_init, head_init, plan, data, rates)
+        def loop(backend, network, head, body_init, head_init, plan, data, rates, device):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # check_finite reports
+                return train_network(backend, network, head, body_init, head_init, plan, data, rates)
+
+        return loop
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
@@ -101,7 +104,7 @@ class Backend(BaseBackend):
         Tv = plan.targets(data.y_val)
         n, d = X.shape
         K, b = _parameters(init, dt)
-        opt = _Optimizer(plan.optimizer, plan.lr, [K, b], self.epsilon_convention)
+        opt = OptimizerState(plan.optimizer, plan.lr, [K, b], self.epsilon_convention)
         scale = dt.type(plan.mask_scale)
         mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.native_seed)
         bounds = plan.batch_bounds(n)
@@ -120,7 +123,7 @@ class Backend(BaseBackend):
                 if m is not None:  # x * scale where kept, else 0 (in place, no temporaries)
                     xb *= scale
                     xb *= m[s:t]
-                loss, n_right, gz = _loss_and_grad(head, xb @ K + b, y[idx], T[idx],
+                loss, n_right, gz = loss_and_grad(head, xb @ K + b, y[idx], T[idx],
                                                    None if W is None else W[idx], gamma=gamma)
                 if not np.isfinite(loss):
                     check_finite(self.name, head, [loss], len(losses))
@@ -131,7 +134,7 @@ class Backend(BaseBackend):
                     history.append(sigmoid_coordinates(K, b))
             check_finite(self.name, head, [], len(losses), all_finite(K, b))
             Wv = plan.focal_weights(head, data.y_val) if gamma is not None else None
-            vl, vr, _ = _loss_and_grad(head, Xv @ K + b, data.y_val, Tv, Wv, grad=False, gamma=gamma)
+            vl, vr, _ = loss_and_grad(head, Xv @ K + b, data.y_val, Tv, Wv, grad=False, gamma=gamma)
             val_loss.append(vl)
             val_acc.append(vr / len(data.y_val))
             if callback is not None:
@@ -152,117 +155,3 @@ def _parameters(init: Weights, dtype) -> list[np.ndarray]:
 def reference_for(backend) -> Backend:
     """The float64 oracle for ``backend``: a NumPy backend with its Adam epsilon convention."""
     return Backend(epsilon_convention=getattr(backend, "epsilon_convention", "torch"))
-
-
-def _focal_and_grad(head: str, z: np.ndarray, y: np.ndarray, gamma: float):
-    """Per-sample focal loss -(1 - p_t)^gamma log p_t and its gradient w.r.t. the logits.
-
-    With u the logit margin of the true class (p_t = sigmoid(u); u = +-z for the
-    sigmoid head, z_y - z_other for the softmax head):
-    dL/du = (1 - p_t)^gamma (gamma p_t log p_t - (1 - p_t)).
-    """
-    s = np.where(y == 1, 1.0, -1.0)
-    u = s * z[:, 0] if head != SOFTMAX else (z[:, 1] - z[:, 0]) * s
-    log_pt = -np.logaddexp(0, -u)
-    pt = np.exp(log_pt)
-    q = -np.expm1(log_pt)  # 1 - p_t, accurate near p_t = 1
-    per = -(q ** gamma) * log_pt
-    du = (q ** gamma) * (gamma * pt * log_pt - q)
-    if head == SOFTMAX:  # u = s (z1 - z0)
-        g = np.stack([-s * du, s * du], axis=1)
-    else:
-        g = (s * du)[:, None]
-    return per, g
-
-
-def _loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, w: np.ndarray | None,
-                   grad: bool = True, gamma: float | None = None):
-    """(mean loss, number correct, dL/dz) for logits ``z`` of one batch.
-
-    ``t``: p(y=1) targets (label-smoothed), ``w``: per-sample weights or None;
-    the loss is sum(w_i L_i) / B (Keras's sum_over_batch_size).  ``gamma``:
-    focal loss instead of cross-entropy (``t`` is then the hard label).
-    """
-    B = z.shape[0]
-    if gamma is not None:
-        per, g = _focal_and_grad(head, z, y, gamma)
-        right = int(np.sum(hits(head, z, y)))
-        if w is not None:
-            per, g = per * w, g * w[:, None]
-        return float(np.mean(per)), right, ((g / B).astype(z.dtype, copy=False) if grad else None)
-    if head == SOFTMAX:
-        # log-softmax without cancellation: log p_c = (z_c - zmax) - log1p(sum of the other e^(z - zmax))
-        top = np.argmax(z, axis=1)
-        e = np.exp(z - z[np.arange(B), top][:, None])
-        e_rest = e.copy()
-        e_rest[np.arange(B), top] = 0.0
-        log_norm = np.log1p(e_rest.sum(axis=1))
-        logp = (z - z[np.arange(B), top][:, None]) - log_norm[:, None]
-        per = -(t * logp[:, 1] + (1 - t) * logp[:, 0])
-        right = int(np.sum(hits(head, z, y)))
-        g = np.exp(logp) if grad else None
-        if grad:
-            g[:, 0] -= 1 - t
-            g[:, 1] -= t
-    else:
-        zz = z[:, 0]
-        per = np.maximum(zz, 0) - t * zz + np.log1p(np.exp(-np.abs(zz)))  # stable BCE on logits
-        right = int(np.sum(hits(head, z, y)))
-        g = (sigmoid(zz) - t)[:, None] if grad else None
-    if w is not None:
-        per = per * w
-        if grad:
-            g = g * w[:, None]
-    loss = float(np.mean(per))
-    if not grad:
-        return loss, right, None
-    return loss, right, (g / B).astype(z.dtype, copy=False)
-
-
-class _Optimizer:
-    """In-place updates of a list of arrays, PyTorch's equations (module docstring)."""
-
-    def __init__(self, spec: Optimizer, lr: float, params, epsilon_convention: str = "torch"):
-        self.spec, self.lr, self.params = spec, lr, params
-        self.epsilon_convention = epsilon_convention
-        self.t = 0
-        self.state = [np.zeros_like(p) for p in params]
-        self.state2 = [np.zeros_like(p) for p in params]
-
-    def step(self, grads):
-        s, lr = self.spec, self.lr
-        self.t += 1
-        keras = self.epsilon_convention == "keras"
-        for p, g, a, v in zip(self.params, grads, self.state, self.state2):
-            g = g.astype(p.dtype, copy=False)
-            if s.weight_decay and s.decay == "coupled":
-                g = g + s.weight_decay * p  # L2: wd * w added to the gradient
-            elif s.weight_decay:
-                p -= (lr * s.weight_decay) * p  # decoupled, before the update (AdamW, Keras)
-            if s.name == "sgd":
-                if s.momentum:
-                    a *= s.momentum
-                    a += g
-                    g = g + s.momentum * a if s.nesterov else a
-                p -= lr * g
-            elif s.name in ("adam", "adamw"):
-                a *= s.beta_1
-                a += (1 - s.beta_1) * g
-                v *= s.beta_2
-                v += (1 - s.beta_2) * g * g
-                bc1, bc2 = 1 - s.beta_1 ** self.t, 1 - s.beta_2 ** self.t
-                if keras:
-                    p -= (lr * np.sqrt(bc2) / bc1) * a / (np.sqrt(v) + s.epsilon)
-                else:
-                    p -= lr * (a / bc1) / (np.sqrt(v / bc2) + s.epsilon)
-            elif s.name == "rmsprop":
-                v *= s.rho
-                v += (1 - s.rho) * g * g
-                p -= lr * g / (np.sqrt(v + s.epsilon) if keras else np.sqrt(v) + s.epsilon)
-            elif s.name == "adagrad":
-                if self.t == 1:
-                    v += s.initial_accumulator
-                v += g * g
-                p -= lr * g / (np.sqrt(v + s.epsilon) if keras else np.sqrt(v) + s.epsilon)
-            else:  # pragma: no cover - Optimizer validates names
-                raise NotImplementedError(f"backend 'numpy' has no optimizer {s.name!r}")

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..heads import SOFTMAX, UNITS, Weights, from_torch_layout, hits
-from ..networks import GroupRates, Network
-from ..plan import Plan
-from ..trajectory import Trajectory
+from ...heads import SOFTMAX, UNITS, Weights, from_torch_layout, hits
+from ...networks import GroupRates, Network
+from ...plan import Plan
+from ...trajectory import Trajectory
 
 
 def to_torch_kernel(kernel: np.ndarray) -> np.ndarray:
@@ -73,17 +73,17 @@ class TorchNetwork(nn.Module):
 
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
                   rates: GroupRates, device: str = "cpu") -> Trajectory:
-    from ._base import all_finite, batch_sizes, check_finite
-    from .torch import _DTYPES, _loss_fn
+    from .._base import all_finite, batch_sizes, check_finite
+    from .ops import DTYPES, loss_fn
 
-    dev, dt = torch.device(device), _DTYPES[plan.dtype]
+    dev, dt = torch.device(device), DTYPES[plan.dtype]
     model = TorchNetwork(net, body_init, head, dev, dt)
     model.set_head(head_init)
     body_params = [p for m in model.body_layers() for p in (m.weight, m.bias)]
     groups = ([{"params": body_params, "lr": rates.body_lr, "weight_decay": rates.body_decay}] if body_params else [])
     groups.append({"params": list(model.head.parameters()), "lr": rates.head_lr, "weight_decay": rates.head_decay})
-    opt = backend._optimizer(plan, groups)
-    loss_fn = _loss_fn(head, plan)
+    opt = backend.make_optimizer(plan, groups)
+    batch_loss = loss_fn(head, plan)
     X = torch.as_tensor(data.X_train, device=dev).to(dt)
     y = torch.as_tensor(data.y_train, device=dev)
     yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train), device=dev).to(dt)
@@ -101,7 +101,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         for s, t in bounds:
             idx = order[s:t]
             z = model(X.index_select(0, idx), None if scaled is None else scaled[s:t])
-            loss = loss_fn(z, yt.index_select(0, idx), None)
+            loss = batch_loss(z, yt.index_select(0, idx), None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -113,7 +113,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                      all_finite(*(p.detach().cpu().numpy() for p in model.parameters())))
         with torch.no_grad():
             zv = model(Xv)
-            val_loss.append(float(loss_fn(zv, yv_t, None)))
+            val_loss.append(float(batch_loss(zv, yv_t, None)))
             val_acc.append(int(hits(head, zv, yv).sum()) / len(yv))
     head_w = from_torch_layout(model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy())
     meta = {"backend": backend.name, "head": head, "body": net.body, "device": str(dev), "dtype": plan.dtype,
