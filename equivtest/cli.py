@@ -105,17 +105,26 @@ def _positive_float(s: str) -> float:
     return v
 
 
+EXIT_CODES = """exit codes:
+  0    every check passes (compare: every series within tolerance)
+  1    a check failed (compare: a series differs, or is in one report only)
+  2    a usage or input error, one line on stderr, nothing written (compare: the reports cannot be compared)
+  130  interrupted (run: after writing the runs that finished)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .heads import lr_factor
     from .plan import Optimizer
 
     p = _Parser(prog="equivtest", description="Prove that a two-class softmax head and a one-logit sigmoid head "
-                                              "are the same classifier, by training both.")
+                                              "are the same classifier, by training both.",
+                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"equivtest {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
-    r = sub.add_parser("run", help="reproduce the seed experiment (default: built-in 25000 x 2048 surrogate)")
+    r = sub.add_parser("run", help="reproduce the seed experiment (default: built-in 25000 x 2048 surrogate)",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--features", default="synthetic",
                    help="h5 file(s) in the seed's schema (comma-joined), synthetic[:NxD], breast-cancer, digits "
                         "(default: synthetic, 25000 x 2048)")
@@ -150,15 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
-    c = sub.add_parser("compare", help="diff two report.json files; exit 1 past the tolerance")
-    c.add_argument("a")
-    c.add_argument("b")
+    c = sub.add_parser("compare", help="diff two report.json files; exit 1 past the tolerance or when a series, "
+                                       "run or backend is in one report only, 2 when they cannot be compared",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("a", metavar="A", help="the first report.json (the reference)")
+    c.add_argument("b", metavar="B", help="the second report.json")
+    c.add_argument("--allow-different-setup", action="store_true",
+                   help="compare reports made from different features, body, lr rule or lr factor (default: refuse)")
     c.add_argument("--atol", type=_positive_float, default=1e-5, help="max |d loss| per step and per epoch (default: 1e-5)")
 
     w = sub.add_parser("write-features", help="write features in the seed's h5 schema (train, label, test)")
-    w.add_argument("out")
+    w.add_argument("out", metavar="OUT", help="the h5 file to write (its folder must exist)")
     w.add_argument("--features", default="synthetic", help="source to write (default: synthetic, 25000 x 2048)")
-    w.add_argument("--overwrite", action="store_true")
+    w.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     return p
 
 
@@ -325,24 +338,49 @@ def _load_report(path: str) -> dict:
     return d
 
 
+SERIES = ("step_loss", "val_loss", "val_accuracy")
+
+
+def _setup(rep: dict) -> dict:
+    """What makes two reports comparable at all: a difference here is "cannot compare" (exit 2)."""
+    net = rep.get("network") or {}
+    return {"features": (rep.get("features") or {}).get("source"),
+            "body": net.get("body", "none") if isinstance(net, dict) else net,
+            "lr rule": net.get("lr_rule") if isinstance(net, dict) else None,
+            "lr factor": (rep.get("lr") or {}).get("factor")}
+
+
 def cmd_compare(args) -> int:
+    """Exit 0: every series of both reports within --atol; 1: compared, and a series differs or is present in
+    one report only; 2: the reports cannot be compared (a different set-up, or no run in common)."""
     import numpy as np
 
     from .compare import compare_series
 
     a, b = _load_report(args.a), _load_report(args.b)
-    if a["plan"] != b["plan"]:
-        diffs = sorted(k for k in set(a["plan"]) | set(b["plan"]) if a["plan"].get(k) != b["plan"].get(k))
-        print(f"note: plans differ in {', '.join(diffs)}", file=sys.stderr)
-    rows, failed, compared = [], 0, 0
+    sa, sb = _setup(a), _setup(b)
+    setup_diffs = [f"{k} {sa[k]!r} vs {sb[k]!r}" for k in sa if sa[k] != sb[k]]
+    if setup_diffs and not args.allow_different_setup:
+        raise InputError(f"reports '{args.a}' and '{args.b}' come from different set-ups ({'; '.join(setup_diffs)}): "
+                         "pass --allow-different-setup to compare them anyway")
+    pairs = [(bk, run) for bk in sorted(set(a["backends"]) & set(b["backends"]))
+             for run in sorted(set(a["backends"][bk].get("runs", {})) & set(b["backends"][bk].get("runs", {})))]
+    if not pairs:
+        raise InputError(f"reports '{args.a}' and '{args.b}' share no run to compare")
+    rows, failed, compared, missing = [], 0, 0, []
     for backend in sorted(set(a["backends"]) | set(b["backends"])):
-        ra = a["backends"].get(backend, {}).get("runs", {})
-        rb = b["backends"].get(backend, {}).get("runs", {})
+        if backend not in a["backends"] or backend not in b["backends"]:
+            missing.append(f"backend {backend} only in {'A' if backend in a['backends'] else 'B'}")
+            continue
+        ra, rb = a["backends"][backend].get("runs", {}), b["backends"][backend].get("runs", {})
         for run in sorted(set(ra) | set(rb)):
             if run not in ra or run not in rb:
-                rows.append(f"{backend:>6} {run:<17} only in {'A' if run in ra else 'B'}")
+                missing.append(f"{backend} {run} only in {'A' if run in ra else 'B'}")
                 continue
-            for field in ("step_loss", "val_loss", "val_accuracy"):
+            for field in SERIES:
+                if field not in ra[run] or field not in rb[run]:
+                    missing.append(f"{backend} {run} {field} only in {'A' if field in ra[run] else 'B'}")
+                    continue
                 xa, xb = np.asarray(ra[run][field]), np.asarray(rb[run][field])
                 if xa.shape != xb.shape:
                     rows.append(f"{backend:>6} {run:<17} {field:<12} shapes differ {xa.shape} vs {xb.shape}  FAIL")
@@ -351,15 +389,25 @@ def cmd_compare(args) -> int:
                 c = compare_series(xa, xb, name=field, unit="step" if field == "step_loss" else "epoch", atol=args.atol)
                 compared += 1
                 failed += not c.ok
-                where = "" if c.ok else f" first at {c.unit} {c.first}"
+                where = "" if c.ok else f" first at {c.unit} {c.first + 1}"
                 rows.append(f"{backend:>6} {run:<17} {field:<12} max |diff| {c.max_abs:.3g}{where}  "
                             f"{'ok' if c.ok else 'FAIL'}")
     print(f"A: {args.a}\nB: {args.b}\ntolerance atol={args.atol:g}")
+    if setup_diffs:
+        print(f"set-ups differ (--allow-different-setup): {'; '.join(setup_diffs)}")
+    plan_diffs = sorted(k for k in set(a["plan"]) | set(b["plan"]) if a["plan"].get(k) != b["plan"].get(k))
+    for k in plan_diffs:
+        print(f"plan differs: {k} {a['plan'].get(k)!r} vs {b['plan'].get(k)!r}")
     print("\n".join(rows))
-    if compared == 0:
-        raise InputError(f"reports '{args.a}' and '{args.b}' share no run to compare")
-    print(f"{failed} of {compared} series past tolerance" if failed else f"all {compared} series within tolerance")
-    return EXIT_FAIL if failed else EXIT_OK
+    for m in missing:
+        print(f"MISSING {m}")
+    verdict = []
+    if failed:
+        verdict.append(f"{failed} of {compared} series past tolerance")
+    if missing:
+        verdict.append(f"{len(missing)} series, runs or backends in one report only")
+    print("; ".join(verdict) if verdict else f"all {compared} series within tolerance")
+    return EXIT_FAIL if verdict else EXIT_OK
 
 
 def cmd_write_features(args) -> int:

@@ -10,9 +10,11 @@
   gradients is then the gradient of the global batch mean.  ``weighted=False``
   uses each rank's own shard mean instead (what a plain DDP script does): equal
   shards give the same update, unequal ones weight a small shard's samples more.
-  Launch the way users do: ``env://`` rendezvous on localhost (``MASTER_ADDR``,
-  ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``), so the worker also runs under
-  ``torchrun``; :func:`train` spawns the processes itself.
+  :func:`train` spawns the ranks itself, with a ``file://`` rendezvous store
+  that it owns; under ``torchrun`` (:func:`main`) the worker takes ``env://``
+  (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``).  The plan's
+  class weights, autocast and the non-finite check apply on every rank.
+* One worker (N = 1) is the calling process: the backend's own training.
 * ``keras``: ``tf.distribute.MirroredStrategy`` over N logical CPU devices;
   ``keras-jax``: ``keras.distribution.DataParallel`` over N XLA host devices.
   Both run in a Keras worker process started for N devices
@@ -28,7 +30,6 @@ from __future__ import annotations
 import gc
 import os
 import pickle
-import socket
 import tempfile
 
 import numpy as np
@@ -46,7 +47,7 @@ def engine(backend: str) -> str | None:
     return info(backend).data_parallel
 
 
-def check(backend: str, plan: Plan, n: int, world_size: int) -> None:
+def check(backend: str, plan: Plan, n: int, world_size: int, *, network: bool = False) -> None:
     """Raise :class:`~equivtest.errors.InputError` (one line) where ``backend``'s engine cannot split the plan.
 
     torch takes any split.  Keras on TensorFlow reduces the first batch across
@@ -62,6 +63,11 @@ def check(backend: str, plan: Plan, n: int, world_size: int) -> None:
         raise InputError(f"backend '{backend}' has no data-parallel training (backends with it: {usable})")
     if world_size < 1:
         raise InputError(f"data-parallel needs at least 1 worker, got {world_size}")
+    from .backends import refusal
+
+    declared = refusal(backend, plan, world_size=world_size, network=network)  # declared not offered
+    if declared:
+        raise InputError(declared)
     if backend == "torch" or world_size == 1:
         return
     sizes = [t - s for s, t in plan.batch_bounds(n)] if n else [plan.batch_size]  # n = 0: rows not known yet
@@ -121,12 +127,6 @@ def shard_bounds(s: int, t: int, world_size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def train(head: str, init: Weights, plan: Plan, data, world_size: int, *, weighted: bool = True,
           backend: str = "torch") -> Trajectory:
     """Train ``head`` data-parallel on ``world_size`` workers with ``backend``'s engine.
@@ -135,6 +135,8 @@ def train(head: str, init: Weights, plan: Plan, data, world_size: int, *, weight
     process reports them; per epoch: the validation figures.
     """
     check(backend, plan, len(data.y_train), world_size)
+    if world_size == 1:  # one process is the calling one: no rank, no worker
+        return _one_process(get_backend(backend).train(head, init, plan, data), backend)
     if backend != "torch":
         traj = _keras_worker(backend, world_size).train_parallel(head, init, plan, data, weighted=weighted)
         traj.meta.setdefault("source", getattr(data, "source", None))
@@ -145,7 +147,10 @@ def train(head: str, init: Weights, plan: Plan, data, world_size: int, *, weight
 def train_network(network, head: str, body_init, head_init: Weights, plan: Plan, data, rates, world_size: int, *,
                   weighted: bool = True, backend: str = "torch") -> Trajectory:
     """A whole network (body and head, one optimizer per group) trained data-parallel."""
-    check(backend, plan, len(data.y_train), world_size)
+    check(backend, plan, len(data.y_train), world_size, network=True)
+    if world_size == 1:
+        traj = get_backend(backend).train_network(network, head, body_init, head_init, plan, data, rates=rates)
+        return _one_process(traj, backend)
     if backend != "torch":
         return _keras_worker(backend, world_size).train_network_parallel(
             network, head, body_init, head_init, plan, data, rates=rates, weighted=weighted)
@@ -153,24 +158,41 @@ def train_network(network, head: str, body_init, head_init: Weights, plan: Plan,
     return _spawn(world_size, (head, head_init, plan, _arrays(data), weighted, net), weighted)
 
 
+def get_backend(name: str):
+    from .backends import get
+
+    return get(name)
+
+
+def _one_process(traj: Trajectory, backend: str) -> Trajectory:
+    traj.meta.update({"world_size": 1, "engine": None})
+    return traj
+
+
+#: where a rank that failed leaves its error for the parent (the first one wins): ``<out>.error``
+def _error_path(out: str) -> str:
+    return out + ".error"
+
+
 def _spawn(world_size: int, job: tuple, weighted: bool) -> Trajectory:
-    """Run ``worker(*job)`` on ``world_size`` spawned processes; rank 0's trajectory."""
+    """Run ``worker(*job)`` on ``world_size`` spawned processes; rank 0's trajectory.
+
+    One rendezvous, owned by this process: a ``file://`` store in a temporary folder that only this call
+    uses, so there is no port to race for and nothing to retry.  A rank that raises leaves its error's type
+    and message beside the result; it is raised here once, as itself (``NonFiniteLoss``, ``InputError``...).
+    """
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="equivtest-ddp-") as tmp:
         out = os.path.join(tmp, "rank0.pickle")
-        for attempt in (1, 2):
-            # the port is free when chosen but not held until rank 0 binds it: another process can take it
-            # in between, so a failed rendezvous is tried once more on a new port (the same run, same bits)
-            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-            try:
-                ctx = mp.start_processes(_spawned, args=(world_size, env, job, out), nprocs=world_size,
-                                         join=False, start_method=_start_method())
-                _join(ctx, out)
-                break
-            except (mp.ProcessRaisedException, mp.ProcessExitedException):
-                if attempt == 2:
-                    raise
+        env = {RENDEZVOUS_ENV: "file://" + os.path.join(tmp, "rendezvous")}
+        ctx = mp.start_processes(_spawned, args=(world_size, env, job, out), nprocs=world_size, join=False,
+                                 start_method=_start_method())
+        try:
+            _join(ctx, out)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            _raise_rank_error(out)
+            raise
         with open(out, "rb") as f:
             traj = pickle.load(f)
     traj.meta.update({"world_size": world_size, "weighted": weighted, "engine": engine("torch")})
@@ -199,19 +221,41 @@ def _join(ctx, out: str) -> None:
             return
 
 
+RENDEZVOUS_ENV = "EQUIVTEST_RENDEZVOUS"
+#: what the fork server imports once, so that each rank is a fork with torch loaded (a fresh ``spawn``
+#: re-imports torch in every rank, seconds each); DDP's constructor imports torch._dynamo (about 2 s)
+FORKSERVER_PRELOAD = ("torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "equivtest.parallel",
+                      "equivtest.backends.torch", "equivtest.backends.torch.network")
+_preload_set = False
+
+
 def _start_method() -> str:
-    """``forkserver`` with torch and this module preloaded: the server imports them once, and each rank is
-    a fork of it (a fresh ``spawn`` re-imports torch in every rank, seconds each); ``spawn`` where there
-    is no forkserver (not POSIX)."""
+    """``forkserver`` with :data:`FORKSERVER_PRELOAD`; ``spawn`` where there is no forkserver (not POSIX).
+    The preload list is the fork server's, set once per process before it starts (not on every call)."""
+    global _preload_set
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return "spawn"
-    # DistributedDataParallel's constructor imports torch._dynamo (about 2 s): preloaded too
-    multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo",
-                                            "equivtest.parallel", "equivtest.backends.torch",
-                                            "equivtest.backends.torch.network"])
+    if not _preload_set:
+        multiprocessing.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+        _preload_set = True
     return "forkserver"
+
+
+def _raise_rank_error(out: str) -> None:
+    path = _error_path(out)
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        kind, message, step = pickle.load(f)
+    from .errors import NonFiniteLoss
+
+    if kind == "NonFiniteLoss":
+        raise NonFiniteLoss(message, step) from None
+    known = {"InputError": InputError, "NotImplementedError": NotImplementedError, "ValueError": ValueError}
+    raise known.get(kind, RuntimeError)(message if kind in known else f"a DDP rank failed: {kind}: {message}") \
+        from None
 
 
 def _arrays(data):
@@ -225,7 +269,16 @@ def _spawned(rank, world_size, env, job, out):
 
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size)})
-    worker(*job, out=out)
+    try:
+        worker(*job, out=out)
+    except Exception as exc:  # left for the parent (first rank wins), which raises it as itself
+        try:
+            fd = os.open(_error_path(out), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump((type(exc).__name__, str(exc), getattr(exc, "step", None)), f)
+        except FileExistsError:
+            pass
+        raise
     # our own rank process, its result written: leave without the interpreter's teardown, which would free
     # torch.distributed objects in whatever order it meets them (an error raised above still reaches spawn)
     sys.stdout.flush()
@@ -245,18 +298,26 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .backends import get
-    from .backends._base import batch_sizes
+    from .backends import get, refusal
+    from .backends._base import batch_sizes, check_finite
     from .backends.torch.ops import DTYPES, loss_fn
     from .heads import hits
 
+    declared = refusal("torch", plan, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    if declared:
+        raise InputError(declared)
     own = not dist.is_initialized()  # under torchrun's entry point (main) the group outlives one run
     # a Conv2d over one input channel has a weight gradient whose strides are ambiguous (size-1 dimension);
     # DDP's reducer warns that they differ from its bucket view's, which is harmless here
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     torch.set_num_threads(1)
-    if own:
-        dist.init_process_group("gloo", init_method="env://")
+    if own:  # spawned by _spawn: the parent's file store; under torchrun: its environment
+        rendezvous = os.environ.get(RENDEZVOUS_ENV)
+        if rendezvous:
+            dist.init_process_group("gloo", init_method=rendezvous, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            dist.init_process_group("gloo", init_method="env://")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         be = get("torch")
@@ -289,6 +350,10 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
         scale = plan.mask_scale
         losses, correct, val_loss, val_acc = [], [], [], []
         loss_mean = loss_fn(head, plan)
+        sw = plan.sample_weights(data.y_train)  # class weights: each row's, as in one process
+        sw = None if sw is None else torch.as_tensor(np.asarray(sw)).to(dt)
+        # mixed precision as in one process: forward and loss under autocast, float32 weights
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
         for epoch in range(plan.epochs):
             order = torch.as_tensor(plan.batch_order(epoch, n))
             keep = plan.epoch_masks(epoch, n, width)
@@ -298,15 +363,18 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
                 a, b = shard_bounds(s, t, world)[rank]
                 idx = order[a:b]
                 xb = X.index_select(0, idx)
-                if network is None:
-                    if keep is not None:
-                        xb = (xb * dt_scalar(scale, dt)) * torch.as_tensor(keep[a:b]).to(dt)
-                    z = model(xb)
-                else:
-                    z = model(xb, None if keep is None else scaled[a:b])
                 yb = yt.index_select(0, idx)
+                wb = None if sw is None else sw.index_select(0, idx)
                 k = b - a
-                shard_sum = loss_mean(z, yb, None) * k if k else z.sum() * 0.0  # sum of per-sample losses
+                with autocast:
+                    if network is None:
+                        if keep is not None:
+                            xb = (xb * dt_scalar(scale, dt)) * torch.as_tensor(keep[a:b]).to(dt)
+                        z = model(xb)
+                    else:
+                        z = model(xb, None if keep is None else scaled[a:b])
+                    # the sum of (weighted) per-sample losses
+                    shard_sum = (loss_mean(z, yb, wb) * k).to(dt) if k else z.sum().to(dt) * 0.0
                 loss = shard_sum * (world / (t - s)) if weighted else (shard_sum / k if k else shard_sum)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -316,7 +384,10 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
                 dist.all_reduce(stats)
                 losses.append(float(stats[0]) / (t - s))
                 correct.append(int(stats[1]))
-            with torch.no_grad():
+            first = epoch * len(bounds)
+            check_finite("torch", head, np.asarray(losses[first:]), first,
+                         all(bool(torch.isfinite(p).all()) for p in module.parameters()))
+            with torch.no_grad(), autocast:
                 Xv = torch.as_tensor(data.X_val).to(dt)
                 yv = torch.as_tensor(data.y_val)
                 zv = module(Xv)

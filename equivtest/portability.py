@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 
 import numpy as np
@@ -64,12 +65,38 @@ def input_digests(sources=SOURCES) -> dict[str, str]:
     return out
 
 
-if __name__ == "__main__":  # python -m equivtest.portability [--import-frameworks]
-    if "--import-frameworks" in sys.argv[1:]:  # importing a framework must not change a bit
+def main(argv=None) -> int:
+    """``python -m equivtest.portability [--out FILE] [--import-frameworks]``: the digests as JSON."""
+    import argparse
+
+    from . import atomic
+
+    ap = argparse.ArgumentParser(
+        prog="python -m equivtest.portability",
+        description="Print the SHA-256 digests of every input equivtest generates (built-in features, splits, initial "
+                    "weights, batch orders, dropout masks), to compare two machines: they must be identical.",
+        epilog="exit codes: 0 written; 2 a usage error (one line)")
+    ap.add_argument("--out", metavar="FILE", default=None,
+                    help="write the JSON to FILE (atomically; its folder must exist) instead of stdout")
+    ap.add_argument("--import-frameworks", action="store_true",
+                    help="import torch and tensorflow first, where installed (importing one must not change a bit)")
+    args = ap.parse_args(argv)
+    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        print(f"python -m equivtest.portability: error: --out '{args.out}': its folder does not exist", file=sys.stderr)
+        return 2
+    if args.import_frameworks:
         import importlib.util
 
         for name in ("torch", "tensorflow"):
             if importlib.util.find_spec(name) is not None:
                 __import__(name)
-    json.dump(input_digests(), sys.stdout, indent=1, sort_keys=True)
-    print()
+    text = json.dumps(input_digests(), indent=1, sort_keys=True) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        atomic.write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -363,3 +363,76 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@pytest.fixture(scope="module")
+def report_pair(tmp_path_factory):
+    """One small report, and a copy to edit."""
+    out = tmp_path_factory.mktemp("cmp")
+    assert equivtest("run", *SMALL, "--out", str(out / "a"), "--quiet", "--no-plots").returncode == 0
+    return json.loads((out / "a" / "report.json").read_text())
+
+
+def _write(tmp_path, name, rep):
+    p = tmp_path / name
+    p.write_text(json.dumps(rep))
+    return str(p)
+
+
+def test_compare_lists_what_one_report_lacks_and_exits_1(tmp_path, report_pair):
+    a = _write(tmp_path, "a.json", report_pair)
+    assert equivtest("compare", a, a).returncode == 0
+    b = json.loads(json.dumps(report_pair))
+    del b["backends"]["numpy"]["runs"]["sigmoid_random"]
+    del b["backends"]["numpy"]["runs"]["softmax"]["val_accuracy"]
+    res = equivtest("compare", a, _write(tmp_path, "b.json", b))
+    assert res.returncode == 1, res.stdout
+    assert "MISSING numpy sigmoid_random only in A" in res.stdout
+    assert "MISSING numpy softmax val_accuracy only in A" in res.stdout
+    assert "2 series, runs or backends in one report only" in res.stdout
+    c = json.loads(json.dumps(report_pair))
+    c["backends"]["torch"] = c["backends"]["numpy"]  # a backend in B only
+    res = equivtest("compare", a, _write(tmp_path, "c.json", c))
+    assert res.returncode == 1 and "MISSING backend torch only in B" in res.stdout
+
+
+def test_compare_refuses_different_setups_in_one_line_unless_allowed(tmp_path, report_pair):
+    a = _write(tmp_path, "a.json", report_pair)
+    b = json.loads(json.dumps(report_pair))
+    b["features"]["source"] = "digits"
+    b["lr"]["factor"] = 1.0
+    b["plan"]["seed"] = 7
+    res = equivtest("compare", a, _write(tmp_path, "b.json", b))
+    _assert_usage_error(res, "different set-ups", "features 'synthetic:600x32' vs 'digits'", "lr factor 2.0 vs 1.0",
+                        "--allow-different-setup")
+    assert res.stdout == ""  # refused before any row
+    res = equivtest("compare", a, _write(tmp_path, "b.json", b), "--allow-different-setup")
+    assert res.returncode == 0 and "set-ups differ" in res.stdout and "plan differs: seed 20180520 vs 7" in res.stdout
+
+
+def test_compare_with_no_run_in_common_is_exit_2_before_any_row(tmp_path, report_pair):
+    b = json.loads(json.dumps(report_pair))
+    b["backends"] = {"torch": b["backends"]["numpy"]}
+    res = equivtest("compare", _write(tmp_path, "a.json", report_pair), _write(tmp_path, "b.json", b))
+    _assert_usage_error(res, "share no run to compare")
+    assert "FAIL" not in res.stdout
+
+
+def test_help_lists_exit_codes_and_documents_every_argument():
+    import contextlib
+    import io
+
+    from equivtest.cli import build_parser
+
+    for argv in ([], ["run"], ["compare"], ["write-features"]):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+            build_parser().parse_args([*argv, "--help"])
+        text = buf.getvalue()
+        if argv != ["write-features"]:
+            assert "exit codes:" in text and "130" in text, argv
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, sp in subs.choices.items():
+        for action in sp._actions:
+            assert action.help, f"{name}: {action.dest} has no help text"

@@ -66,3 +66,15 @@ def test_generated_inputs_are_identical_under_other_kernel_sets(name, env, args)
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout)
     assert got == PINNED, f"under {env}: " + _diff(got, PINNED)
+
+
+def test_the_digest_command_has_help_and_writes_out_atomically(tmp_path, capsys):
+    from equivtest.portability import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "--out FILE" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path / "nodir" / "d.json")]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "d.json")]) == 0
+    assert json.loads((tmp_path / "d.json").read_text()) == PINNED

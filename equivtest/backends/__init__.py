@@ -46,6 +46,8 @@ class BackendInfo:
     refuses: tuple[tuple[str, str], ...] = ()
     #: the same for its data-parallel engine (N > 1 workers)
     refuses_parallel: tuple[tuple[str, str], ...] = ()
+    #: the same for whole networks (a body before the head)
+    refuses_network: tuple[tuple[str, str], ...] = ()
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -60,6 +62,10 @@ class BackendInfo:
         )
 
 
+#: Keras's network loops (a train_step with one optimizer per group) take no class weights or mixed precision yet
+_KERAS_NETWORK_REFUSALS = (("class weights", "its whole-network loop has no class weights yet"),
+                           ("autocast", "its whole-network loop trains in the plan's dtype only"))
+
 #: load order matters: torch before tensorflow
 REGISTRY: dict[str, BackendInfo] = {
     "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",),
@@ -72,17 +78,20 @@ REGISTRY: dict[str, BackendInfo] = {
                          ("cpu", "cuda"), epsilon_convention="keras",
                          distributions=("keras", "tensorflow", "tensorflow-cpu"),
                          data_parallel="tf.distribute.MirroredStrategy",
+                         refuses_network=_KERAS_NETWORK_REFUSALS,
                          refuses_parallel=(("class weights", "its data-parallel path has no class weights yet"),
                                            ("autocast", "its data-parallel path trains in the plan's dtype only"))),
     # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them); fed float64
     # they train at float32 precision, so they do not claim it
     "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras.worker", ("keras", "torch"), "keras-torch",
                                "keras", float64=False, epsilon_convention="keras",
-                               distributions=("keras", "torch"), worker_process=True),
+                               distributions=("keras", "torch"), worker_process=True,
+                               refuses_network=_KERAS_NETWORK_REFUSALS),
     "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras.worker", ("keras", "jax"), "keras-jax",
                              "keras", float64=False, epsilon_convention="keras",
                              distributions=("keras", "jax", "jaxlib"), worker_process=True,
                              data_parallel="keras.distribution.DataParallel",
+                             refuses_network=_KERAS_NETWORK_REFUSALS,
                              refuses_parallel=(("class weights", "its data-parallel path has no class weights yet"),
                                                ("autocast", "its data-parallel path trains in the plan's dtype only"))),
 }
@@ -142,15 +151,18 @@ def plan_options(plan) -> list[str]:
     return out
 
 
-def refusal(name: str, plan, *, world_size: int = 1) -> str | None:
+def refusal(name: str, plan, *, world_size: int = 1, network: bool = False) -> str | None:
     """One line naming the backend, the option and the reason, where the registry declares that ``name``
-    does not offer an option ``plan`` uses (on ``world_size`` workers); None where it is declared offered.
+    does not offer an option ``plan`` uses (on ``world_size`` workers, for a whole network when ``network``);
+    None where it is declared offered.
 
     This is the one place a test may turn into a skip: any other ``NotImplementedError`` is a failure."""
     bi = info(name)
     declared = dict(bi.refuses)
     if world_size > 1:
         declared.update(bi.refuses_parallel)
+    if network:
+        declared.update(bi.refuses_network)
     if not bi.float64:
         declared["float64"] = "it trains at float32 precision"
     if plan.autocast and plan.autocast not in bi.autocasts:
@@ -158,6 +170,7 @@ def refusal(name: str, plan, *, world_size: int = 1) -> str | None:
     for option in plan_options(plan):
         if option in declared:
             where = f" on {world_size} workers" if world_size > 1 and option in dict(bi.refuses_parallel) else ""
+            where += " for whole networks" if network and option in dict(bi.refuses_network) else ""
             return f"backend '{name}' does not offer {option}{where}: {declared[option]}"
     return None
 

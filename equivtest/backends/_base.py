@@ -109,6 +109,13 @@ class BaseBackend:
         head from ``head_init``, per-group learning rates and decays ``rates``; the plan's masks at
         every Dropout layer.  ``Trajectory.body`` holds the trained body.  A backend gives its
         network loop as :meth:`network_loop`; this passes it the resolved device."""
+        from . import refusal
+
+        declared = refusal(self.name, plan, network=True)
+        if declared:  # before anything trains: an option this framework's network loop does not take
+            from ..errors import InputError
+
+            raise InputError(declared)
         loop = self.network_loop()
         return loop(self, network, head, body_init, head_init, plan, data, rates, self.resolve_device(device))
 

@@ -27,11 +27,11 @@ def train_pair(backend, plan, dataset, *, device="cpu", sig_plan=None, factor=No
     return soft, sig
 
 
-def skip_if_declared_unsupported(name: str, plan, *, world_size: int = 1) -> None:
+def skip_if_declared_unsupported(name: str, plan, *, world_size: int = 1, network: bool = False) -> None:
     """Skip where (and only where) the registry declares that backend ``name`` does not offer an option of
     ``plan``: a skip then names the backend, the option and the reason."""
     from ..backends import refusal
 
-    reason = refusal(name, plan, world_size=world_size)
+    reason = refusal(name, plan, world_size=world_size, network=network)
     if reason:
         pytest.skip(reason)

@@ -24,6 +24,7 @@ from equivtest.networks import GroupRates, Network, group_rates
 from equivtest.plan import Plan
 from equivtest.sources import digits, surrogate
 
+from .helpers import skip_if_declared_unsupported
 from .tiers import FIRST
 
 TOL64 = TOLERANCES["float64"]
@@ -184,11 +185,20 @@ def _train(backend, *args, **kw):
     return backend.train_network(*args, **kw)  # a NotImplementedError here is a failure: nothing is declared
 
 
-@pytest.mark.fast_cells(dict(backend=FIRST, dtype="float32"), dict(body="mlp", dtype="float32"))  # every body, every backend
+#: plan options every network loop must honour as the head's does (or the registry declares it refused)
+NETWORK_OPTIONS = {"plain": {}, "class weights": dict(class_weight=(1.0, 3.0)), "label smoothing":
+                   dict(label_smoothing=0.2), "focal": dict(loss="focal", focal_gamma=2.0, focal_alpha=0.5)}
+
+
+@pytest.mark.fast_cells(dict(backend=FIRST, dtype="float32", option="plain"),
+                        dict(body="mlp", dtype="float32", option="plain"),
+                        dict(backend=FIRST, body="mlp", dtype="float32"))  # every body, backend and option once
+@pytest.mark.parametrize("option", list(NETWORK_OPTIONS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("body", ["none", "mlp", "cnn"])
-def test_network_backend_follows_the_oracle(backend, device, body, dtype):
-    """The framework's network (its own layers and layouts) on the oracle's path, step for step."""
+def test_network_backend_follows_the_oracle(backend, device, body, dtype, option):
+    """The framework's network (its own layers and layouts) on the oracle's path, step for step, with each
+    loss option (a network loop that dropped one would part from the oracle, which applies it)."""
     if dtype == "float64" and not backend.supports_float64:
         pytest.skip(f"backend '{backend.name}' does not support float64")
     net, data = _case(body)
@@ -197,7 +207,8 @@ def test_network_backend_follows_the_oracle(backend, device, body, dtype):
     # plain SGD: every framework's update is the oracle's to the last bit in float64.  (Keras keeps
     # momentum 0.9 and Adam's constants at float32 precision: 1e-8 and 2e-7 from the oracle in float64,
     # for the head alone as for networks; within one framework the rule holds exactly, see below.)
-    p = Plan(epochs=2, batch_size=64, lr=0.05, optimizer="sgd", dtype=dtype)
+    p = Plan(epochs=2, batch_size=64, lr=0.05, optimizer="sgd", dtype=dtype, **NETWORK_OPTIONS[option])
+    skip_if_declared_unsupported(backend.name, p, network=True)
     bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
     rates = group_rates(p.lr, 0.0, "softmax")
     got = _train(backend, net, "softmax", bw, hw, p, data, rates=rates, device=device)

@@ -293,3 +293,33 @@ def test_parallel_torchrun_launch_holds_and_writes_the_verdict(tmp_path):
     bare = subprocess.run([sys.executable, "-m", "equivtest.parallel"], capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")})
     assert bare.returncode == 2 and "launch it with torchrun" in bare.stderr and len(bare.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.needs_backends("torch")
+def test_parallel_a_rank_error_surfaces_once_as_itself():
+    """Overflowing features: every rank stops at the same step; the parent raises the rank's NonFiniteLoss with
+    its message (not a spawn traceback), and it trains once (no retry that would hide a real error)."""
+    from equivtest import backends
+    from equivtest.errors import NonFiniteLoss
+
+    big = Dataset(DATA.X * np.float32(1e30), DATA.y, source="overflow")
+    p = Plan(epochs=1, batch_size=BATCH, lr=0.05, optimizer="sgd")
+    w = p.initial_weights("softmax", DATA.n_features)
+    with pytest.raises(NonFiniteLoss) as alone:
+        backends.get("torch").train("softmax", w, p, big)
+    with pytest.raises(NonFiniteLoss) as ranks:
+        _train("softmax", w, p, big, 2)
+    assert str(ranks.value) == str(alone.value) and ranks.value.step == alone.value.step  # the same stop
+
+
+@pytest.mark.needs_backends("torch")
+def test_parallel_one_worker_is_the_calling_process():
+    """N = 1 starts no rank: the backend's own run, bit for bit, marked world size 1."""
+    from equivtest import backends
+
+    p = Plan(epochs=1, batch_size=BATCH, lr=0.05, optimizer="momentum")
+    w = p.initial_weights("softmax", DATA.n_features)
+    one = _train("softmax", w, p, DATA, 1)
+    assert one.meta["world_size"] == 1 and one.meta["engine"] is None
+    assert one.step_loss.tobytes() == backends.get("torch").train("softmax", w, p, DATA).step_loss.tobytes()

@@ -37,7 +37,7 @@ from ...heads import predict_proba as _predict_proba
 from ...plan import Plan
 from ...trajectory import Trajectory
 from .._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs
-from .ops import OptimizerState, loss_and_grad
+from .ops import OptimizerState, loss_and_grad, weights_and_gamma
 
 
 class Backend(BaseBackend):
@@ -96,11 +96,8 @@ class Backend(BaseBackend):
         X = data.features("train", plan.dtype)
         Xv = data.features("val", plan.dtype)
         y = data.y_train
-        T, W = plan.targets(y), plan.sample_weights(y)  # smoothed targets, class weights
-        if plan.loss == "focal":  # the focal alpha factor is one more per-sample weight
-            fa = plan.focal_weights(head, y)
-            W = fa if W is None else W * fa
-        gamma = plan.focal_gamma if plan.loss == "focal" else None
+        T = plan.targets(y)  # smoothed targets
+        W, gamma = weights_and_gamma(plan, head, y)
         Tv = plan.targets(data.y_val)
         n, d = X.shape
         K, b = _parameters(init, dt)

@@ -90,12 +90,14 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                   rates: GroupRates) -> Trajectory:
     """Train body + head under ``plan`` with per-group ``rates``; per-step losses as the head's ``train``."""
     from .._base import all_finite, batch_sizes, check_finite
-    from .ops import OptimizerState, loss_and_grad
+    from .ops import OptimizerState, loss_and_grad, weights_and_gamma
 
     dt = np.dtype(plan.dtype)
     X, Xv = data.X_train.astype(dt), data.X_val.astype(dt)
     y, yv = data.y_train, data.y_val
     T, Tv = plan.targets(y), plan.targets(yv)
+    W, gamma = weights_and_gamma(plan, head, y)  # as the head's loop: class weights, focal alpha and gamma
+    Wv = plan.focal_weights(head, yv) if gamma is not None else None
     n = len(y)
     body = [[k.astype(dt, copy=True), b.astype(dt, copy=True)] for k, b in body_init]
     kh, bh = head_init.kernel.astype(dt, copy=True), head_init.bias.astype(dt, copy=True)
@@ -114,7 +116,8 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             idx = order[s:t]
             masks = [None if d is None else d[s:t] * scale for d in drawn]
             h, cache = forward(net, body, X[idx], masks)
-            loss, n_right, gz = loss_and_grad(head, h @ kh + bh, y[idx], T[idx], None)
+            loss, n_right, gz = loss_and_grad(head, h @ kh + bh, y[idx], T[idx], None if W is None else W[idx],
+                                              gamma=gamma)
             if not np.isfinite(loss):
                 check_finite(backend.name, head, [loss], len(losses))
             losses.append(loss)
@@ -125,7 +128,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                 opt_body.step(grads)
         check_finite(backend.name, head, [], len(losses), all_finite(kh, bh, *flat_body))
         hv, _ = forward(net, body, Xv, [None] * len(net.dropout_widths))
-        vl, vr, _ = loss_and_grad(head, hv @ kh + bh, yv, Tv, None, grad=False)
+        vl, vr, _ = loss_and_grad(head, hv @ kh + bh, yv, Tv, Wv, grad=False, gamma=gamma)
         val_loss.append(vl)
         val_acc.append(vr / len(yv))
     meta = {"backend": backend.name, "head": head, "body": net.body, "dtype": plan.dtype, "lr": plan.lr,

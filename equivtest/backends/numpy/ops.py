@@ -34,6 +34,16 @@ def focal_and_grad(head: str, z: np.ndarray, y: np.ndarray, gamma: float):
     return per, g
 
 
+def weights_and_gamma(plan, head: str, y: np.ndarray) -> tuple[np.ndarray | None, float | None]:
+    """The per-sample loss weights of rows labelled ``y`` (class weights, times the focal alpha factor) and
+    the focal gamma (None for cross-entropy): what the head's and the network's loops both pass on."""
+    w = plan.sample_weights(y)
+    if plan.loss == "focal":  # the focal alpha factor is one more per-sample weight
+        fa = plan.focal_weights(head, y)
+        w = fa if w is None else w * fa
+    return w, (plan.focal_gamma if plan.loss == "focal" else None)
+
+
 def loss_and_grad(head: str, z: np.ndarray, y: np.ndarray, t: np.ndarray, w: np.ndarray | None,
                    grad: bool = True, gamma: float | None = None):
     """(mean loss, number correct, dL/dz) for logits ``z`` of one batch.

@@ -90,6 +90,9 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
     yv = torch.as_tensor(data.y_val, device=dev)
     yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
+    sw = plan.sample_weights(data.y_train)  # class weights, as the head's loop applies them
+    sw = None if sw is None else torch.as_tensor(sw, device=dev).to(dt)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
     n, width = len(data.y_train), net.dropout_widths[0]
     bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
     losses, correct, val_loss, val_acc = [], [], [], []
@@ -100,18 +103,19 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         step_losses, step_right = [], []
         for s, t in bounds:
             idx = order[s:t]
-            z = model(X.index_select(0, idx), None if scaled is None else scaled[s:t])
-            loss = batch_loss(z, yt.index_select(0, idx), None)
+            with autocast:
+                z = model(X.index_select(0, idx), None if scaled is None else scaled[s:t])
+                loss = batch_loss(z, yt.index_select(0, idx), None if sw is None else sw.index_select(0, idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step_losses.append(loss.detach())
+            step_losses.append(loss.detach().to(dt))
             step_right.append(hits(head, z.detach(), y.index_select(0, idx)).sum())
         losses.append(torch.stack(step_losses).cpu().numpy())
         correct.append(torch.stack(step_right).cpu().numpy())
         check_finite(backend.name, head, losses[-1], epoch * len(bounds),
                      all_finite(*(p.detach().cpu().numpy() for p in model.parameters())))
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             zv = model(Xv)
             val_loss.append(float(batch_loss(zv, yv_t, None)))
             val_acc.append(int(hits(head, zv, yv).sum()) / len(yv))
