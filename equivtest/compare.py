@@ -70,7 +70,7 @@ class Comparison:
         if not self.ok:
             share = self.n_mismatch / max(self.n, 1)
             s += (
-                f"; {self.n_mismatch} {self.unit}s ({share:.1%}) past it, first at {self.unit} {self.first} "
+                f"; {self.n_mismatch} {self.unit}s ({share:.1%}) past it, first at {self.unit} {self.first + 1} "
                 f"({self.a_at_first!r} vs {self.b_at_first!r})"
             )
         return s
@@ -113,10 +113,11 @@ class Divergence:
 
     def describe(self) -> str:
         parts = ", ".join(f"{n} {va:.6g} vs {vb:.6g} (diff {va - vb:.3g})" for n, va, vb in self.top)
-        return f"split at step {self.step}; parameters differing most after it: {parts}"
+        return f"split at step {self.step + 1}; parameters differing most after it: {parts}"
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "loss_a": self.loss_a, "loss_b": self.loss_b,
+        """For report.json: ``step`` counts from 1, as every message and plot does (``self.step`` is the index)."""
+        return {"step": self.step + 1, "loss_a": self.loss_a, "loss_b": self.loss_b,
                 "top": [{"parameter": n, "a": va, "b": vb} for n, va, vb in self.top]}
 
 

@@ -31,8 +31,9 @@ class BackendUnavailable(RuntimeError):
 class NonFiniteLoss(ArithmeticError):
     """A training loss or weight became NaN or infinite; the run stopped at that step.
 
-    ``str(err)`` reads ``non-finite loss at step k (backend, head)``; ``step`` is
-    the index into the run's ``step_loss`` (0-based, counted over the whole run).
+    ``str(err)`` reads ``non-finite loss at step k (backend, head)`` with k counted
+    from 1, as Keras prints steps and epochs; ``step`` is the index into the run's
+    ``step_loss`` (k - 1, counted over the whole run).
     """
 
     def __init__(self, message: str, step: int | None = None):

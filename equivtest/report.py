@@ -83,8 +83,8 @@ def text(res: ExperimentResult) -> str:
         parts.append("")
     parts.append(_text_table(*check_rows(res)))
     for c in res.checks:
-        if c.op == "never":  # a stopped run: say why, in the table's words
-            parts.append(f"{c.name} ({c.backend}): {c.detail}")
+        if c.op == "never" or (not c.passed and c.detail):  # a stopped run or a failed check: say why
+            parts.append(f"{'FAIL ' if c.op != 'never' else ''}{c.name} ({c.backend}): {c.detail}")
     n_fail = sum(not c.passed for c in res.checks)
     verdict = "INTERRUPTED" if res.interrupted else ("all checks pass" if not n_fail else f"{n_fail} check(s) FAILED")
     parts.append("")
@@ -224,8 +224,8 @@ def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
             split = next((c.divergence for c in res.checks
                           if c.name == "trajectory_gap_step_loss" and c.backend == name and c.divergence), None)
             if split is not None:  # mark where this backend's pair first left the tolerance
-                ax.axvline(split["step"] + 1, color=line.get_color(), lw=0.8, ls=":",
-                           label=f"{name}: first split, step {split['step'] + 1}")
+                ax.axvline(split["step"], color=line.get_color(), lw=0.8, ls=":",  # steps count from 1
+                           label=f"{name}: first split, step {split['step']}")
     tol = TOLERANCES[res.plan.dtype]["atol"]
     ax.axhline(tol, color="red", lw=0.8, ls="--", label=f"{res.plan.dtype} tolerance {tol:g}")
     ax.set_title("|step loss softmax - step loss sigmoid (conv)| per training step (1e-17 = exactly equal)")

@@ -239,9 +239,11 @@ def test_overflowing_features_stop_each_run_at_the_step_with_a_reason(tmp_path):
     stopped = [c for c in rep["checks"] if c["name"] == "non_finite"]
     assert len(stopped) == 3 and not any(c["passed"] for c in stopped)
     first = stopped[0]["detail"]
-    assert first.startswith("non-finite loss at step 1 (numpy, softmax)"), first
+    # step 1 is finite (the initial weights are small); its update overflows, so step 2 is the first non-finite one
+    # (steps count from 1 in every message, as Keras's progress counts epochs)
+    assert first.startswith("non-finite loss at step 2 (numpy, softmax)"), first
     assert "largest magnitude is 2.16e+30" in first and "learning rate is 0.001" in first
-    assert "non-finite loss at step 1 (numpy, softmax)" in res.stdout
+    assert "non-finite loss at step 2 (numpy, softmax)" in res.stdout
 
 
 def test_bad_input_is_one_line_even_when_a_backend_is_missing(tmp_path):
@@ -436,3 +438,22 @@ def test_help_lists_exit_codes_and_documents_every_argument():
     for name, sp in subs.choices.items():
         for action in sp._actions:
             assert action.help, f"{name}: {action.dest} has no help text"
+
+
+
+def test_the_split_step_is_one_number_in_report_md_report_json_and_the_data(tmp_path):
+    """--lr-factor 1: the first step past tolerance, counted from 1, is the same in report.json (divergence.step,
+    what step_loss_gap.png marks), in report.md and in the step losses themselves."""
+    import re
+
+    res = equivtest("run", *SMALL, "--out", str(tmp_path), "--lr-factor", "1", "--quiet", "--no-plots")
+    assert res.returncode == 1
+    rep = json.loads((tmp_path / "report.json").read_text())
+    check = next(c for c in rep["checks"] if c["name"] == "trajectory_gap_step_loss" and not c["passed"])
+    step = check["divergence"]["step"]
+    runs = rep["backends"]["numpy"]["runs"]
+    gap = np.abs(np.array(runs["softmax"]["step_loss"]) - np.array(runs["sigmoid_converted"]["step_loss"]))
+    assert step == int(np.argmax(gap > check["tolerance"])) + 1  # counted from 1
+    md = (tmp_path / "report.md").read_text()
+    assert f"split at step {step};" in md and f"split at step {step};" in check["detail"]
+    assert f"split at step {step}" in res.stdout  # the terminal says why it failed

@@ -29,7 +29,7 @@ def test_failure_names_pair_first_step_and_tolerance():
         assert_trajectories_close(a, b)
     msg = str(info.value)
     assert "torch-sigmoid@0.002 vs keras-sigmoid@0.002" in msg
-    assert "first at step 2" in msg
+    assert "first at step 3" in msg  # the third step (index 2): steps count from 1, as Keras prints them
     assert "2 steps (50.0%)" in msg
     assert "atol=1e-05" in msg
     assert "max |diff| 0.0003" in msg
@@ -78,7 +78,7 @@ def test_divergence_names_the_step_and_the_parameters_that_differ_most():
     with pytest.raises(AssertionError) as info:
         assert_trajectories_close(soft, sig)
     msg = str(info.value)
-    assert "split at step 1" in msg  # step 0 shares the initial weights, so its loss agrees
+    assert "split at step 2" in msg  # step 1 shares the initial weights, so its loss agrees
     assert "beta[" in msg
     from equivtest.compare import locate_divergence
 

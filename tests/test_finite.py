@@ -8,14 +8,14 @@ from equivtest.errors import NonFiniteLoss
 
 
 def test_first_non_finite_loss_names_its_step_in_the_run():
-    with pytest.raises(NonFiniteLoss, match=r"^non-finite loss at step 12 \(torch, softmax\)$") as info:
+    with pytest.raises(NonFiniteLoss, match=r"^non-finite loss at step 13 \(torch, softmax\)$") as info:
         check_finite("torch", "softmax", [0.7, 0.6, np.inf, np.nan], first_step=10)
-    assert info.value.step == 12
+    assert info.value.step == 12  # the index; the message counts from 1, as Keras prints steps
 
 
 def test_non_finite_weights_after_finite_losses_name_the_last_step():
     assert not all_finite(np.zeros(3), np.array([1.0, np.nan]))
-    with pytest.raises(NonFiniteLoss, match=r"non-finite weight after step 14 \(keras, sigmoid\)") as info:
+    with pytest.raises(NonFiniteLoss, match=r"non-finite weight after step 15 \(keras, sigmoid\)") as info:
         check_finite("keras", "sigmoid", [0.7] * 5, first_step=10, params_finite=all_finite([np.inf]))
     assert info.value.step == 14
 

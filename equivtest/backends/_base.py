@@ -176,7 +176,7 @@ def check_finite(backend: str, head: str, losses, first_step: int, params_finite
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         k = first_step + int(bad[0])
-        raise NonFiniteLoss(f"non-finite loss at step {k} ({backend}, {head})", k)
+        raise NonFiniteLoss(f"non-finite loss at step {k + 1} ({backend}, {head})", k)  # text counts from 1
     if not params_finite:
         k = first_step + len(losses) - 1
-        raise NonFiniteLoss(f"non-finite weight after step {k} ({backend}, {head})", k)
+        raise NonFiniteLoss(f"non-finite weight after step {k + 1} ({backend}, {head})", k)
