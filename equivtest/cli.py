@@ -211,15 +211,35 @@ class Progress:
             print("\r\033[K", end="", file=self.stream, flush=True)
 
 
-def _prepare_out(path: str) -> Path:
+def _check_out(path: str) -> Path:
+    """``--out`` can be written (it, or the nearest folder above it that exists, is a writable folder); nothing
+    is created here, so a run refused for its input leaves the file system as it was."""
     out = Path(path)
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise InputError(f"--out '{path}': cannot write there ('{existing}' is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out '{path}': cannot write there ('{existing}' is not writable)")
+    return out
+
+
+#: the files a run writes into --out: the report and its plots (with their temporary names' leftovers)
+def _own_files(out: Path) -> list[Path]:
+    from .report import PLOT_FILES
+
+    names = ("report.json", "report.md", *PLOT_FILES)
+    return [out / n for n in names] + [p for n in names for p in out.glob(f".{n}.*.tmp*")]
+
+
+def _prepare_out(out: Path) -> Path:
+    """Create --out once the input is known to be good, and remove an earlier run's report and plots, so that no
+    file there can be mistaken for this run's (a run writes them anew; --no-plots writes none)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".equivtest-write-test"
-        probe.write_text("")
-        probe.unlink()
+        for f in _own_files(out):
+            f.unlink(missing_ok=True)
     except OSError as exc:
-        raise InputError(f"--out '{path}': cannot write there ({exc.strerror or exc})") from None
+        raise InputError(f"--out '{out}': cannot write there ({exc.strerror or exc})") from None
     return out
 
 
@@ -237,7 +257,7 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
         raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
     plan = Plan(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                 dropout=args.dropout, seed=args.seed, dtype=args.dtype)
-    out = _prepare_out(args.out)
+    out = _check_out(args.out)
     names = sel.installed
     if not names:
         raise InputError("no backend is installed: pip install 'equivtest[all]'")
@@ -273,6 +293,7 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
             parallel.check(name, plan, len(dataset.y_train), args.data_parallel)
     for name, reason in sel.missing.items():  # only once the input is known to be good
         print(f"skipping {name}: {reason}", file=sys.stderr)
+    _prepare_out(out)
 
     from . import atomic
     from .experiment import run_experiment

@@ -444,7 +444,6 @@ def test_help_lists_exit_codes_and_documents_every_argument():
 def test_the_split_step_is_one_number_in_report_md_report_json_and_the_data(tmp_path):
     """--lr-factor 1: the first step past tolerance, counted from 1, is the same in report.json (divergence.step,
     what step_loss_gap.png marks), in report.md and in the step losses themselves."""
-    import re
 
     res = equivtest("run", *SMALL, "--out", str(tmp_path), "--lr-factor", "1", "--quiet", "--no-plots")
     assert res.returncode == 1
@@ -457,3 +456,20 @@ def test_the_split_step_is_one_number_in_report_md_report_json_and_the_data(tmp_
     md = (tmp_path / "report.md").read_text()
     assert f"split at step {step};" in md and f"split at step {step};" in check["detail"]
     assert f"split at step {step}" in res.stdout  # the terminal says why it failed
+
+
+def test_an_input_error_leaves_out_untouched(tmp_path):
+    out = tmp_path / "new" / "report"
+    _assert_usage_error(equivtest("run", "--features", "missing.h5", "--out", str(out)), "no such file")
+    assert not (tmp_path / "new").exists()
+
+
+def test_no_file_from_an_earlier_run_survives_in_out(tmp_path):
+    """A run with --no-plots after one with plots: the old PNGs go; an input error keeps the old report whole."""
+    assert equivtest("run", *SMALL, "--out", str(tmp_path), "--quiet").returncode == 0
+    assert (tmp_path / "loss_curves.png").exists()
+    (tmp_path / "mine.txt").write_text("the user's own file")
+    _assert_usage_error(equivtest("run", "--features", "missing.h5", "--out", str(tmp_path)), "no such file")
+    assert (tmp_path / "loss_curves.png").exists()  # refused before anything: nothing touched
+    assert equivtest("run", *SMALL, "--out", str(tmp_path), "--quiet", "--no-plots").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "report.json", "report.md"]
