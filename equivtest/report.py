@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
-from .compare import TOLERANCES
+from .compare import CONTROL_MARGIN, TOLERANCES
 from .experiment import RUNS, ExperimentResult
 
 RUN_LABELS = {"softmax": "softmax", "sigmoid_converted": "sigmoid (conv)", "sigmoid_random": "sigmoid (rand)"}
@@ -66,7 +66,8 @@ def _md_table(header, rows) -> str:
 def _title(res: ExperimentResult) -> str:
     p = res.plan
     f = res.dataset
-    return (f"features {f['source']} ({f['shape'][0]} x {f['shape'][1]}; {f['n_train']} train / {f['n_val']} val); "
+    shape = " x ".join(str(k) for k in f["shape"])  # (N, D) features or (N, H, W, C) images
+    return (f"features {f['source']} ({shape}; {f['n_train']} train / {f['n_val']} val); "
             f"{p.optimizer.label} lr {p.lr:g} (sigmoid {res.lr_factor * p.lr:g}), batch {p.batch_size}, {p.epochs} epochs, "
             f"dropout {p.dropout:g}, masks {res.masks}, seed {p.seed}, {p.dtype}"
             + ("" if res.data_parallel == 1 else f"; data-parallel over {res.data_parallel} workers")
@@ -120,6 +121,24 @@ def write_json(res: ExperimentResult, path: Path) -> dict:
 PLOT_FILES = ("loss_curves.png", "val_loss_diff.png", "step_loss_gap.png")
 COLORS = {"softmax": "tab:blue", "sigmoid_converted": "tab:orange", "sigmoid_random": "tab:green"}
 BACKEND_STYLES = ["-", "--", ":", "-."]
+#: one marker per backend, and a small horizontal offset each, so that backends whose curves coincide stay visible
+BACKEND_MARKERS = ["o", "s", "^", "D", "v"]
+#: below this, a difference is drawn on the symlog axis's linear part: 0 is drawn at 0 ("exact"), not at 1e-17
+LINTHRESH = 1e-12
+
+
+def _rule_title(res) -> str:
+    if res.body is None:
+        return f"softmax @ lr vs sigmoid @ {res.lr_factor:g} x lr (converted and random init)"
+    body = res.lr_factor if res.lr_rule == "global" else 1
+    return (f"{res.body} network, {res.lr_rule} rule: softmax at lr\nvs sigmoid (converted and random init) with "
+            f"the head at {res.lr_factor:g} x lr, the body at {body:g} x lr")
+
+
+def _symlog(ax) -> None:
+    ax.set_yscale("symlog", linthresh=LINTHRESH)
+    ax.axhline(0.0, color="black", lw=0.5, ls=":")
+    ax.text(1.0, 0.0, " 0 (exact)", fontsize=7, va="bottom", ha="left", transform=ax.get_yaxis_transform())
 
 
 def _save(fig, path: Path) -> None:
@@ -152,7 +171,8 @@ def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
     epochs = np.arange(1, res.plan.epochs + 1)
 
     # 1. loss curves, one panel per backend, shared y axis
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names) + 2.5, 4), sharey=True, squeeze=False,
+                             layout="constrained")
     for ax, name in zip(axes[0], names):
         for run, t in res.results[name].runs.items():
             e = epochs[: len(t.val_loss)]
@@ -170,57 +190,60 @@ def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("cross-entropy")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"softmax @ lr vs sigmoid @ {res.lr_factor:g} lr (converted and random init)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right center")  # outside the data
+    fig.suptitle(_rule_title(res), fontsize=10)
     written.append(out / PLOT_FILES[0])
     _save(fig, written[-1])
     between()
 
     # 2. val_loss differences per epoch, all backends on shared axes
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
+    width = 0.06 * max(len(names) - 1, 1)
     for i, name in enumerate(names):
         runs = res.results[name].runs
-        ls = BACKEND_STYLES[i % len(BACKEND_STYLES)]
+        ls, mk = BACKEND_STYLES[i % len(BACKEND_STYLES)], BACKEND_MARKERS[i % len(BACKEND_MARKERS)]
+        shift = (i - (len(names) - 1) / 2) * width / max(len(names) - 1, 1)  # coinciding backends side by side
         if "softmax" in runs and "sigmoid_converted" in runs:
             n = min(len(runs["softmax"].val_loss), len(runs["sigmoid_converted"].val_loss))
             diff = np.abs(runs["softmax"].val_loss[:n] - runs["sigmoid_converted"].val_loss[:n])
-            a1.semilogy(epochs[:n], np.maximum(diff, 1e-17), ls, marker="o", label=name)
+            a1.plot(epochs[:n] + shift, diff, ls, marker=mk, label=name)
         if "sigmoid_converted" in runs and "sigmoid_random" in runs:
             n = min(len(runs["sigmoid_converted"].val_loss), len(runs["sigmoid_random"].val_loss))
-            a2.plot(epochs[:n], runs["sigmoid_random"].val_loss[:n] - runs["sigmoid_converted"].val_loss[:n],
-                    ls, marker="o", label=name)
+            a2.plot(epochs[:n] + shift, runs["sigmoid_random"].val_loss[:n] - runs["sigmoid_converted"].val_loss[:n],
+                    ls, marker=mk, label=name)
     if seed:
         s = seed["runs"]
-        a1.semilogy(epochs, np.abs(np.subtract(s["softmax"]["val_loss"], s["sigmoid_converted"]["val_loss"])) + 1e-17,
-                    color="grey", marker="x", label="seed (independent masks)")
+        a1.plot(epochs, np.abs(np.subtract(s["softmax"]["val_loss"], s["sigmoid_converted"]["val_loss"])),
+                color="grey", marker="x", label="seed (independent masks)")
         a2.plot(epochs, np.subtract(s["sigmoid_random"]["val_loss"], s["sigmoid_converted"]["val_loss"]),
                 color="grey", marker="x", label="seed")
     tol = TOLERANCES[res.plan.dtype]["atol"]
     a1.axhline(tol, color="red", lw=0.8, ls="--", label=f"{res.plan.dtype} tolerance {tol:g}")
-    a1.axhline(1e-17, color="black", lw=0.5, ls=":")
-    a1.text(epochs[0], 2e-17, "exactly equal", fontsize=7, va="bottom")
+    _symlog(a1)
+    threshold = CONTROL_MARGIN * tol  # the negative control must leave this band
+    a2.axhspan(-threshold, threshold, color="red", alpha=0.12, lw=0,
+               label=f"control threshold +-{threshold:g} ({CONTROL_MARGIN:g} x tolerance)")
     a1.set_title("|val_loss softmax - val_loss sigmoid (conv)|")
-    a2.set_title("val_loss sigmoid (rand) - val_loss sigmoid (conv)")
+    a2.set_title("val_loss sigmoid (rand) - val_loss sigmoid (conv): the control")
     for ax in (a1, a2):
         ax.set_xlabel("epoch")
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     written.append(out / PLOT_FILES[1])
     _save(fig, written[-1])
     between()
 
     # 3. per-step loss gap softmax vs converted sigmoid (where two trajectories split)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(10, 3.5), layout="constrained")
     for i, name in enumerate(names):
         runs = res.results[name].runs
         if "softmax" in runs and "sigmoid_converted" in runs:
             a, b = runs["softmax"].step_loss, runs["sigmoid_converted"].step_loss
             n = min(len(a), len(b))
-            line, = ax.semilogy(np.arange(1, n + 1), np.maximum(np.abs(a[:n] - b[:n]), 1e-17),
-                                BACKEND_STYLES[i % len(BACKEND_STYLES)], lw=0.8, label=name)
+            line, = ax.plot(np.arange(1, n + 1), np.abs(a[:n] - b[:n]), BACKEND_STYLES[i % len(BACKEND_STYLES)],
+                            lw=0.8, marker=BACKEND_MARKERS[i % len(BACKEND_MARKERS)], ms=2.5, label=name)
             split = next((c.divergence for c in res.checks
                           if c.name == "trajectory_gap_step_loss" and c.backend == name and c.divergence), None)
             if split is not None:  # mark where this backend's pair first left the tolerance
@@ -228,11 +251,11 @@ def plot(res: ExperimentResult, out: Path, between=None) -> list[Path]:
                            label=f"{name}: first split, step {split['step']}")
     tol = TOLERANCES[res.plan.dtype]["atol"]
     ax.axhline(tol, color="red", lw=0.8, ls="--", label=f"{res.plan.dtype} tolerance {tol:g}")
-    ax.set_title("|step loss softmax - step loss sigmoid (conv)| per training step (1e-17 = exactly equal)")
+    _symlog(ax)
+    ax.set_title("|step loss softmax - step loss sigmoid (conv)| per training step (steps count from 1)")
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     written.append(out / PLOT_FILES[2])
     _save(fig, written[-1])
     between()

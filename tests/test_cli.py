@@ -473,3 +473,18 @@ def test_no_file_from_an_earlier_run_survives_in_out(tmp_path):
     assert (tmp_path / "loss_curves.png").exists()  # refused before anything: nothing touched
     assert equivtest("run", *SMALL, "--out", str(tmp_path), "--quiet", "--no-plots").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "report.json", "report.md"]
+
+
+def test_the_report_title_gives_image_shapes_whole_and_names_the_per_layer_rule(tmp_path):
+    from equivtest.report import _rule_title
+
+    res = equivtest("run", "--body", "cnn", "--features", "digits", "--epochs", "1", "--backend", "numpy",
+                    "--quiet", "--no-plots", "--out", str(tmp_path))
+    assert res.returncode in (0, 1), res.stderr
+    md = (tmp_path / "report.md").read_text()
+    assert "(1797 x 8 x 8 x 1;" in md  # the JSON's shape, not "1797 x 8"
+
+    class Net:
+        body, lr_rule, lr_factor = "cnn", "per-layer", 2.0
+
+    assert "the head at 2 x lr, the body at 1 x lr" in _rule_title(Net())
