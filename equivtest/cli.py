@@ -112,6 +112,19 @@ EXIT_CODES = """exit codes:
   130  interrupted (run: after writing the runs that finished)"""
 
 
+#: the recipe a run takes where --optimizer, --lr or --epochs are not given: the seed's for its head (body none);
+#: for whole networks one that learns the built-in data (measured: mlp on the built-in features reaches val_acc
+#: 0.987 in 3 epochs, cnn on digit images 0.905 in 10; the seed's SGD at 1e-3 leaves both near chance)
+BODY_DEFAULTS = {"none": {"optimizer": "sgd", "lr": 1e-3, "epochs": 5},
+                 "mlp": {"optimizer": "momentum", "lr": 0.05, "epochs": 3},
+                 "cnn": {"optimizer": "momentum", "lr": 0.1, "epochs": 10}}
+
+
+def _body_defaults_text(key: str) -> str:
+    return ", ".join(f"{v[key]:g} for {b}" if not isinstance(v[key], str) else f"{v[key]} for {b}"
+                     for b, v in BODY_DEFAULTS.items() if b != "none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .heads import lr_factor
@@ -131,14 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default=None, help="comma list of numpy, torch, keras, keras-torch, keras-jax, or all "
                         "(default: every installed one of numpy, torch, keras)")
     r.add_argument("--device", default="cpu", help="cpu, cuda[:N], mps or auto (default: cpu)")
-    r.add_argument("--epochs", type=_positive_int, default=5, help="default: 5")
+    r.add_argument("--epochs", type=_positive_int, default=None,
+                   help="default: per body, the seed's 5 for none, " + _body_defaults_text("epochs"))
     r.add_argument("--batch-size", type=_positive_int, default=128, help="default: 128")
-    r.add_argument("--lr", type=_positive_float, default=1e-3,
-                   help="softmax learning rate; the sigmoid's is --lr-factor times it (default: 0.001)")
+    r.add_argument("--lr", type=_positive_float, default=None,
+                   help="softmax learning rate; the sigmoid's is --lr-factor times it (default: per body, the seed's "
+                        "0.001 for none, " + _body_defaults_text("lr") + ")")
     r.add_argument("--lr-factor", type=_positive_float, default=lr_factor(),
                    help="sigmoid lr = factor x softmax lr; 1 is the negative control that must fail (default: 2)")
-    r.add_argument("--optimizer", default="sgd", choices=list(Optimizer.PRESETS),
-                   help="sgd, momentum, nesterov, adam, rmsprop, adagrad, adamw (default: sgd)")
+    r.add_argument("--optimizer", default=None, choices=list(Optimizer.PRESETS),
+                   help="sgd, momentum, nesterov, adam, rmsprop, adagrad, adamw (default: per body, the seed's sgd "
+                        "for none, " + _body_defaults_text("optimizer") + ")")
     r.add_argument("--dropout", type=float, default=0.5, help="dropout rate before the Dense layer (default: 0.5)")
     r.add_argument("--seed", type=int, default=20180520, help="default: 20180520 (the seed's)")
     r.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
@@ -255,6 +271,9 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
                          f"{', '.join(sel.devices)} (run once per device)")
     if not 0.0 <= args.dropout < 1.0:
         raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
+    for key, value in BODY_DEFAULTS[args.body].items():  # what the user did not give: the body's recipe
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     plan = Plan(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                 dropout=args.dropout, seed=args.seed, dtype=args.dtype)
     out = _check_out(args.out)

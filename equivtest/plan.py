@@ -276,15 +276,17 @@ class Plan:
         g = np.random.SFC64(np.random.SeedSequence(key))
         return EpochMasks(g, int(n), int(d), 1.0 - self.dropout)
 
-    def body_weights(self, network) -> list[tuple[np.ndarray, np.ndarray]]:
+    def body_weights(self, network, stream: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """Glorot-uniform (kernel, bias) for each body layer of ``network`` (canonical layout, float64).
 
         Drawn from the seed, one stream per layer, so both heads' networks and every
-        framework start from the same body.
+        framework start from the same body; ``stream`` separates an independent body
+        (a whole network from its own random init).
         """
         from .networks import glorot_uniform
 
-        return [glorot_uniform(layer, self._stream(_INIT, 100 + i)) for i, layer in enumerate(network.layers)]
+        base = 100 + 1000 * int(stream)
+        return [glorot_uniform(layer, self._stream(_INIT, base + i)) for i, layer in enumerate(network.layers)]
 
     def initial_weights(self, head: str, d: int, stream: int = 0) -> _heads.Weights:
         """Keras-style Glorot-uniform initial weights for ``head``, drawn from the seed.

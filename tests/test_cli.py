@@ -69,7 +69,7 @@ def test_report_json_has_the_documented_keys_and_figures(small_run):
     assert len(runs["softmax"]["step_loss"]) == 2 * 8  # 480 train rows / 64 -> 8 steps
     assert rep["backends"]["numpy"]["params"] == {"softmax": 66, "sigmoid": 33}
     names = {c["name"] for c in rep["checks"]}
-    assert {"conversion_max_abs_dp", "params_ratio", "trajectory_gap_step_loss", "random_init_gap_val_loss"} <= names
+    assert {"conversion_max_abs_dp", "params_ratio", "trajectory_gap_step_loss", "random_init_gap_step_loss"} <= names
     for c in rep["checks"]:
         assert {"value", "tolerance", "op", "passed"} <= set(c)
     assert rep["environment"]["backends"]["numpy"]["version"] == np.__version__
