@@ -23,7 +23,7 @@ MARGIN = 10.0
 def _small(command: str) -> list[str]:
     args = shlex.split(command)[2:]
     out, skip = [], False
-    for i, a in enumerate(args):
+    for a in args:
         if skip:
             skip = False
             continue
