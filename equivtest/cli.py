@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 1)")
     r.add_argument("--out", default="equivtest-report", help="report folder (default: ./equivtest-report)")
     r.add_argument("--quiet", action="store_true", help="no progress display or per-epoch lines")
+    r.add_argument("--verbose", action="store_true",
+                   help="let the worker processes' framework logging (TensorFlow, XLA) through to stderr")
     r.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
@@ -193,22 +195,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------ run
 class Progress:
-    """One progress display for the whole job (runs x epochs), and Keras-style epoch lines."""
+    """What the run is doing, on stderr (stdout stays for the table and the JSON).
 
-    def __init__(self, total: int, stream, quiet: bool):
-        self.total, self.done, self.stream, self.quiet = total, 0, stream, quiet
+    On a terminal: a live display from ``rich`` (a spinner for loading the features, importing the frameworks
+    and drawing the plots; a bar over every run's epochs) above Keras-style epoch lines.  Elsewhere (a CI log,
+    a pipe): the epoch lines alone, plain, each with the job's count.  ``--quiet``: nothing.
+    """
+
+    def __init__(self, stream, quiet: bool):
+        self.total, self.done, self.stream, self.quiet = 0, 0, stream, quiet
         self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.current = ""
+        self._live = self._task = None
+        if not quiet and self.tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import Progress as Live
 
-    def _bar(self) -> str:
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        return f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} epochs  {self.current}"
+            self.console = Console(file=stream, highlight=False)
+            self._live = Live(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=self.console, transient=True)
+            self._live.start()
+
+    @contextlib.contextmanager
+    def stage(self, what: str):
+        """A step before or after training (loading, importing, plotting), shown while it lasts."""
+        task = None if self._live is None else self._live.add_task(what, total=None)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._live.remove_task(task)
+
+    def training(self, total_epochs: int) -> None:
+        self.total = total_epochs
+        if self._live is not None:
+            self._task = self._live.add_task("training", total=total_epochs)
 
     def run(self, backend: str, run: str):
-        self.current = f"{backend} {run}"
-        if not self.quiet and self.tty:
-            print("\r" + self._bar(), end="", file=self.stream, flush=True)
+        if self._task is not None:
+            self._live.update(self._task, description=f"training {backend} {run}")
 
     def epoch(self, backend: str, run: str, epoch: int, logs: dict, epochs: int):
         self.done += 1
@@ -216,15 +247,16 @@ class Progress:
             return
         line = (f"{backend:>6} {run:<17} Epoch {epoch + 1}/{epochs} - loss: {logs['loss']:.4f} - "
                 f"acc: {logs['accuracy']:.4f} - val_loss: {logs['val_loss']:.4f} - val_acc: {logs['val_accuracy']:.4f}")
-        if self.tty:
-            print("\r\033[K" + line, file=self.stream)
-            print(self._bar(), end="", file=self.stream, flush=True)
+        if self._live is not None:
+            self.console.print(line, markup=False)
+            self._live.advance(self._task)
         else:
             print(f"{line}  [{self.done}/{self.total}]", file=self.stream, flush=True)
 
     def close(self):
-        if not self.quiet and self.tty:
-            print("\r\033[K", end="", file=self.stream, flush=True)
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 def _check_out(path: str) -> Path:
@@ -260,6 +292,16 @@ def _prepare_out(out: Path) -> Path:
 
 
 def cmd_run(args, interrupts: Interrupts | None = None) -> int:
+    if args.verbose:  # the workers' framework logging reaches the terminal (see backends.keras.worker)
+        os.environ["EQUIVTEST_VERBOSE"] = "1"
+    prog = Progress(sys.stderr, args.quiet)
+    try:
+        return _run(args, interrupts, prog)
+    finally:
+        prog.close()
+
+
+def _run(args, interrupts: Interrupts | None, prog: Progress) -> int:
     from .plan import Plan
     from .session import Selection
     from .sources import load_features
@@ -298,15 +340,18 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
         if args.body == "cnn" and args.features == "digits":
             from .sources import digits
 
-            dataset = digits(images=True)
+            with prog.stage("loading the features"):
+                dataset = digits(images=True)
         else:
-            dataset = load_features(args.features)
+            with prog.stage("loading the features"):
+                dataset = load_features(args.features)
         try:
             network = Network(args.body, dataset.input_shape)
         except InputError as exc:
             raise InputError(f"--body {args.body} with features '{args.features}': {exc}") from None
     else:
-        dataset = load_features(args.features)
+        with prog.stage("loading the features"):
+            dataset = load_features(args.features)
     if args.data_parallel > 1:
         for name in names:  # now that the training rows are known: the last batch too
             parallel.check(name, plan, len(dataset.y_train), args.data_parallel)
@@ -319,13 +364,17 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
     from .report import PLOT_FILES, markdown, plot, text, write_json
 
     interrupts = interrupts or Interrupts()
-    prog = Progress(len(names) * 3 * plan.epochs, sys.stderr, args.quiet)  # stdout stays for the table / JSON
+    prog.training(len(names) * 3 * plan.epochs)
 
     def on_epoch(b, r, e, logs):
         prog.epoch(b, r, e, logs, plan.epochs)
         checkpoint(f"epoch:{prog.done}")
 
     checkpoint("start")
+    from . import backends
+
+    with prog.stage(f"importing {', '.join(names)}"):
+        backends.load(names)
     if network is not None:
         from .experiment import run_network_experiment
 
@@ -336,11 +385,11 @@ def cmd_run(args, interrupts: Interrupts | None = None) -> int:
             dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
             on_run=prog.run, on_epoch=on_epoch, data_parallel=args.data_parallel,
         )
-    prog.close()
     plots = []
     if not args.no_plots and not res.interrupted:
         try:
-            plots = plot(res, out, between=lambda: checkpoint("plot"))
+            with prog.stage("drawing the plots"):
+                plots = plot(res, out, between=lambda: checkpoint("plot"))
         except ImportError:
             print("plots skipped: matplotlib is not installed (pip install 'equivtest[plot]')", file=sys.stderr)
         except KeyboardInterrupt:  # the plots written so far stay; the report says the run was interrupted

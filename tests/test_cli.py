@@ -488,3 +488,33 @@ def test_the_report_title_gives_image_shapes_whole_and_names_the_per_layer_rule(
         body, lr_rule, lr_factor = "cnn", "per-layer", 2.0
 
     assert "the head at 2 x lr, the body at 1 x lr" in _rule_title(Net())
+
+
+def test_progress_is_a_live_display_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from equivtest.cli import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    logs = {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.4, "val_accuracy": 0.9}
+    tty = Terminal()
+    p = Progress(tty, quiet=False)
+    with p.stage("loading the features"):
+        pass
+    p.training(2)
+    p.run("numpy", "softmax")
+    p.epoch("numpy", "softmax", 0, logs, 2)
+    p.close()
+    assert p._live is None and "Epoch 1/2 - loss: 0.5000" in tty.getvalue()
+    plain = io.StringIO()
+    p = Progress(plain, quiet=False)
+    with p.stage("loading the features"):
+        pass
+    p.training(2)
+    p.epoch("numpy", "softmax", 0, logs, 2)
+    p.close()
+    assert plain.getvalue() == (f"{'numpy':>6} {'softmax':<17} Epoch 1/2 - loss: 0.5000 - acc: 0.8000 - "
+                                "val_loss: 0.4000 - val_acc: 0.9000  [1/2]\n")  # nothing else: no stage lines

@@ -69,9 +69,15 @@ class Backend(BaseBackend):
         if self._proc is None or self._proc.poll() is not None:
             parent, child = socket.socketpair()
             env = self._env()
+            # the framework's start-up logging stays out of the user's terminal unless EQUIVTEST_VERBOSE (the CLI's
+            # --verbose); errors travel back over the connection either way, with their messages
+            verbose = os.environ.get("EQUIVTEST_VERBOSE", "") not in ("", "0")
+            if not verbose:
+                env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "equivtest.backends.keras.worker", str(child.fileno())],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+                stderr=None if verbose else subprocess.DEVNULL,
             )
             child.close()
             self._conn = Connection(parent.detach())
