@@ -68,6 +68,7 @@ def test_generated_inputs_are_identical_under_other_kernel_sets(name, env, args)
     assert got == PINNED, f"under {env}: " + _diff(got, PINNED)
 
 
+@pytest.mark.slow  # the digests again (2 s): the fast tier pins them above
 def test_the_digest_command_has_help_and_writes_out_atomically(tmp_path, capsys):
     from equivtest.portability import main
 

@@ -12,10 +12,12 @@ from equivtest.compare import (
 )
 from equivtest.plan import Optimizer
 
+from .tiers import FIRST
+
 TOL = TOLERANCES["float32"]
 
 
-@pytest.mark.fast_cells(dict(optimizer="adam", head="softmax"))  # every backend's Adam once
+@pytest.mark.fast_cells(dict(backend=FIRST, optimizer="adam", head="softmax"))
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
 def test_matches_float64_reference(backend, device, dataset, plan, reference, head, optimizer):
@@ -33,7 +35,7 @@ def test_matches_float64_reference(backend, device, dataset, plan, reference, he
 KERAS_FLOAT64_BOUNDS = {"momentum": 1e-7, "adam": 3e-6}
 
 
-@pytest.mark.fast_cells(dict(head="softmax", optimizer=("sgd", "momentum")))
+@pytest.mark.fast_cells(dict(backend=FIRST, head="softmax", optimizer=("sgd", "momentum")))
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
 def test_float64_run_matches_the_oracle_to_the_float64_tolerance(backend, device, dataset, plan, head, optimizer):
@@ -69,6 +71,7 @@ def test_adam_epsilon_convention_is_the_frameworks_own(backend, device, dataset,
                                factor=CONTROL_MARGIN)
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST))
 def test_negative_control_other_masks_split_from_reference(backend, device, dataset, plan, reference):
     w = plan.initial_weights("softmax", dataset.n_features)
     got = backend.train("softmax", w, plan.replace(mask_stream=1), dataset, device=device)

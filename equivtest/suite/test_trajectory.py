@@ -35,6 +35,7 @@ def test_negative_control_sigmoid_at_softmax_rate(backend, device, dataset, plan
     assert_trajectories_differ(soft, sig, **TOLERANCES["float32"])
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST))
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
 def test_trajectory_is_deterministic(backend, device, dataset, plan, optimizer):
     """Same plan and seed: bit-identical, even after another run in between at another rate with other optimizer
