@@ -36,7 +36,7 @@ def test_the_keras_backend_leaves_the_users_keras_backend_variable_alone():
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
         pytest.skip("needs TensorFlow and Keras: pip install 'equivtest[tensorflow]'")
     code = ("import os; os.environ['KERAS_BACKEND'] = 'jax'\n"
-            "import equivtest.backends.keras as k\n"
+            "import equivtest.backends.keras.tensorflow as k\n"
             "print(os.environ['KERAS_BACKEND'], k.keras.backend.backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -36,7 +36,8 @@ def _cuda_present():
 @pytest.mark.slow  # the header: test_the_suite_header_names_the_tier and the slow tier
 def test_ids_and_header_for_a_named_backend(pytester):
     pytester.makepyfile(PROBE)
-    res = pytester.runpytest_inprocess(*SUITE, "--backend=numpy", "-v", "-p", "no:cacheprovider")
+    # a fresh process: the header says what a backend that nothing has loaded yet can use
+    res = pytester.runpytest_subprocess(*SUITE, "--backend=numpy", "-v", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([
         "equivtest backends: numpy (numpy *; devices: cpu only)",
