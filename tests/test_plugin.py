@@ -202,14 +202,17 @@ def test_a_skip_for_an_undeclared_reason_fails_the_suite_and_is_listed(pytester)
     pytester.makepyfile("""
 import pytest
 
-def test_declared():
+def test_declared(backend):
     pytest.skip("backend 'torch' does not offer decoupled decay without AdamW: torch.optim offers it in AdamW only")
 
-def test_missing_extra():
+def test_missing_extra(backend):
     pytest.skip("backend 'keras' needs tensorflow, which is not installed: pip install 'equivtest[tensorflow]'")
 
-def test_lost_optimizer():
+def test_lost_optimizer(backend):
     pytest.skip("backend 'torch' has no optimizer 'adam'")
+
+def test_the_projects_own(tmp_path):  # uses none of the suite's fixtures: its skip is the project's business
+    pytest.skip("windows only")
 """)
     res = pytester.runpytest_inprocess(*SUITE, "--backend=numpy", "-p", "no:cacheprovider")
     assert res.ret == pytest.ExitCode.TESTS_FAILED
@@ -218,4 +221,5 @@ def test_lost_optimizer():
                               "  backend 'torch' has no optimizer 'adam'"])
     listed = res.stdout.str().split("equivtest: skips whose reason is not a declared capability")[1]
     assert "does not offer" not in listed.split("short test summary")[0]  # the declared ones are not listed
+    assert "windows only" not in res.stdout.str().split("short test summary")[0]  # nor another project's skip
     assert "pip install" not in listed.split("short test summary")[0]

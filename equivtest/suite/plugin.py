@@ -111,6 +111,25 @@ def pytest_report_header(config):
     return [*_selection(config).header_lines(), header_line(config)]
 
 
+#: the suite's own tests: those in the shipped suite's folder, or using its fixtures; skip accounting covers
+#: these only, so a project that loads this plugin for its fixtures keeps its own skips as they are
+SUITE_ITEMS = pytest.StashKey[set]()
+SUITE_FIXTURES = frozenset({"backend", "device", "dataset", "plan", "reference", "dp_backend"})
+
+
+def _uses_the_suite(item) -> bool:
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    path = Path(str(getattr(item, "path", getattr(item, "fspath", "")))).resolve()
+    return here in path.parents or bool(SUITE_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def _suite_skips(config, reporter) -> list:
+    ours = config.stash.get(SUITE_ITEMS, set())
+    return [r for r in reporter.stats.get("skipped", []) if r.nodeid in ours]
+
+
 def pytest_terminal_summary(terminalreporter, config):
     from .skips import by_reason, undeclared
     from .tiers import summary_line
@@ -118,7 +137,7 @@ def pytest_terminal_summary(terminalreporter, config):
     line = summary_line(config)
     if line:
         terminalreporter.write_line(line)
-    counts = by_reason(terminalreporter.stats.get("skipped", []))
+    counts = by_reason(_suite_skips(config, terminalreporter))
     if counts:
         terminalreporter.write_line("equivtest skips by reason:")
         for reason, n in counts.most_common():
@@ -143,7 +162,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     from .skips import by_reason, undeclared
 
-    if undeclared(by_reason(reporter.stats.get("skipped", []))):
+    if undeclared(by_reason(_suite_skips(session.config, reporter))):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -169,6 +188,7 @@ def pytest_collection_modifyitems(config, items):
     from .tiers import select_tier
 
     select_tier(config, items, sel.installed)
+    config.stash[SUITE_ITEMS] = {i.nodeid for i in items if _uses_the_suite(i)}
 
     gpu_asked = any(Device.parse(d).is_accelerator for d in sel.devices) and sel.explicit_devices
     for item in items:
