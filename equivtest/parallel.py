@@ -298,14 +298,11 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .backends import get, refusal
+    from .backends import get
     from .backends._base import batch_sizes, check_finite
     from .backends.torch.ops import DTYPES, loss_fn
     from .heads import hits
 
-    declared = refusal("torch", plan, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    if declared:
-        raise InputError(declared)
     own = not dist.is_initialized()  # under torchrun's entry point (main) the group outlives one run
     # a Conv2d over one input channel has a weight gradient whose strides are ambiguous (size-1 dimension);
     # DDP's reducer warns that they differ from its bucket view's, which is harmless here
@@ -466,6 +463,7 @@ def main(argv=None) -> int:
     try:
         data = load_features(args.features)
         plan = Plan(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dtype=args.dtype)
+        check("torch", plan, len(data.y_train), int(os.environ["WORLD_SIZE"]))  # what the ranks cannot do: refused
     except (InputError, ValueError) as exc:
         print(f"python -m equivtest.parallel: {exc}", file=sys.stderr)
         return 2

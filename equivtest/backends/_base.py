@@ -134,10 +134,11 @@ class BaseBackend:
                 f"initial weights for a {head} head on {data.n_features} features must have kernel "
                 f"({data.n_features}, {UNITS[head]}), got {init.kernel.shape}"
             )
-        if plan.dtype == "float64" and not self.supports_float64:
-            raise NotImplementedError(f"backend '{self.name}' does not support float64")
-        if plan.autocast and plan.autocast not in self.capabilities.autocasts:
-            raise NotImplementedError(f"backend '{self.name}' has no {plan.autocast} autocast")
+        from . import refusal
+
+        declared = refusal(self.name, plan)  # what the registry declares this backend does not offer: one place
+        if declared:
+            raise NotImplementedError(declared)
 
     def _meta(self, head: str, plan: Plan, data: Dataset, device: str, masks: str) -> dict:
         return {

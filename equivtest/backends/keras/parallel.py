@@ -143,10 +143,12 @@ class ShardRecorder(keras.metrics.Metric):
 
 
 def _refuse(plan: Plan, name: str) -> None:
-    if plan.class_weight is not None:
-        raise NotImplementedError(f"backend '{name}' trains data-parallel without class weights")
-    if plan.autocast:
-        raise NotImplementedError(f"backend '{name}' trains data-parallel in the plan's dtype only (no autocast)")
+    """What the registry declares this engine does not offer (the parent refuses it first, in one line)."""
+    from .. import refusal
+
+    declared = refusal(name, plan, world_size=2)
+    if declared:
+        raise NotImplementedError(declared)
 
 
 def _row_weights(plan: Plan, n: int) -> np.ndarray:
