@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process's umask (read by setting it, then put back at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -33,7 +33,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # the writer may have replaced the file: set the mode just before
+        os.chmod(tmp, 0o666 & ~umask())  # the writer may have replaced the file: set the mode just before
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -106,8 +106,8 @@ def _positive_float(s: str) -> float:
 
 
 EXIT_CODES = """exit codes:
-  0    every check passes (compare: every series within tolerance)
-  1    a check failed (compare: a series differs, or is in one report only)
+  0    every check passes (compare: every series within tolerance; convert: written)
+  1    a check failed (compare: a series differs, or is in one report only; verify: the models differ)
   2    a usage or input error, one line on stderr, nothing written (compare: the reports cannot be compared)
   130  interrupted (run: after writing the runs that finished)"""
 
@@ -185,6 +185,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-different-setup", action="store_true",
                    help="compare reports made from different features, body, lr rule or lr factor (default: refuse)")
     c.add_argument("--atol", type=_positive_float, default=1e-5, help="max |d loss| per step and per epoch (default: 1e-5)")
+
+    cv = sub.add_parser("convert", help="convert a trained 2-way softmax classifier file to the 1-logit sigmoid "
+                                        "it equals (or back): Keras, torch state_dict, safetensors, Hugging Face "
+                                        "folder, ONNX", epilog=EXIT_CODES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cv.add_argument("src", metavar="IN", help="the model file (.keras/.h5, .pt/.pth/.bin, .safetensors, .onnx) "
+                                              "or a Hugging Face folder (config.json + model.safetensors)")
+    cv.add_argument("out", metavar="OUT", help="where to write the converted model (its folder must exist)")
+    cv.add_argument("--layer", default=None, help="the head's name (e.g. classifier, score) when the file has "
+                                                  "several candidates (default: found)")
+    cv.add_argument("--to", default="sigmoid", choices=["sigmoid", "softmax"],
+                    help="sigmoid: (2, d) -> (1, d), beta = w1 - w0, c = b1 - b0; softmax: back (default: sigmoid)")
+    cv.add_argument("--split", default="zero", choices=["zero", "symmetric"],
+                    help="with --to softmax: w0 = 0, w1 = beta (zero) or w0 = -beta/2, w1 = beta/2 (symmetric) "
+                         "(default: zero)")
+    cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
+    cv.add_argument("--json", action="store_true", help="print what was converted as JSON on stdout")
+
+    vf = sub.add_parser("verify", help="run an original and a converted model on features and check they are the "
+                                       "same classifier (max |dp|, max |d logit|, decisions); exit 1 if not",
+                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    vf.add_argument("original", metavar="ORIGINAL", help="the original model file or folder")
+    vf.add_argument("converted", metavar="CONVERTED", help="the converted model file or folder")
+    vf.add_argument("--features", required=True,
+                    help=".npy, .npz or .h5 features at the model's input (for a weights-only file, a state_dict, "
+                         "safetensors or a Hugging Face folder: at the layer's input), or a built-in source")
+    vf.add_argument("--dataset", default=None, help="the array in an .npz or .h5 with several (default: the only "
+                                                    "one, or 'train')")
+    vf.add_argument("--layer", default=None, help="the head's name in both files (default: found)")
+    vf.add_argument("--export-onnx", action="store_true",
+                    help="also export both heads to ONNX in --out and check ONNX Runtime against the framework")
+    vf.add_argument("--out", default="equivtest-verify", help="report folder (default: ./equivtest-verify)")
+    vf.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
 
     w = sub.add_parser("write-features", help="write features in the seed's h5 schema (train, label, test)")
     w.add_argument("out", metavar="OUT", help="the h5 file to write (its folder must exist)")
@@ -514,6 +547,36 @@ def cmd_write_features(args) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------------ convert, verify
+def cmd_convert(args) -> int:
+    from .convert import api
+
+    res = api.convert(args.src, args.out, to=args.to, split=args.split, layer=args.layer, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=1))
+    else:
+        print(res.describe())
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from . import atomic
+    from .convert import api
+
+    out = _check_out(args.out)
+    res = api.verify(args.original, args.converted, args.features, layer=args.layer, dataset=args.dataset,
+                     export_onnx=out if args.export_onnx else None)
+    out.mkdir(parents=True, exist_ok=True)
+    d = res.to_dict()
+    atomic.write_text(out / "report.json", json.dumps(d, indent=1))
+    human = sys.stderr if args.json else sys.stdout
+    print(res.text(), file=human)
+    print(f"report: {out / 'report.json'}", file=human)
+    if args.json:
+        print(json.dumps(d, indent=1))
+    return EXIT_OK if res.passed else EXIT_FAIL
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
     with Interrupts() as interrupts:
@@ -525,7 +588,8 @@ def main(argv=None) -> int:
                 return EXIT_USAGE
             if args.command == "run":
                 return cmd_run(args, interrupts)
-            return {"compare": cmd_compare, "write-features": cmd_write_features}[args.command](args)
+            return {"compare": cmd_compare, "write-features": cmd_write_features, "convert": cmd_convert,
+                    "verify": cmd_verify}[args.command](args)
         except (InputError, BackendUnavailable) as exc:
             print(f"equivtest: error: {exc}", file=sys.stderr)
             return EXIT_USAGE

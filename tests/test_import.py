@@ -12,7 +12,9 @@ def test_import_equivtest_and_plugin_imports_no_framework():
     code = (
         "import sys, equivtest, equivtest.plugin, equivtest.data, equivtest.heads, equivtest.plan, "
         "equivtest.compare, equivtest.trajectory, equivtest.session, equivtest.backends, equivtest.backends.numpy, "
-        "equivtest.suite.plugin, equivtest.rand, equivtest.portability, equivtest.machine, equivtest.cli\n"
+        "equivtest.suite.plugin, equivtest.rand, equivtest.portability, equivtest.machine, equivtest.cli, "
+        "equivtest.convert, equivtest.convert.api, equivtest.convert.formats, equivtest.convert.tensors, "
+        "equivtest.convert.kerasio, equivtest.convert.onnxio\n"
         f"bad = [m for m in {FRAMEWORKS!r} if m in sys.modules]\n"
         "print(','.join(bad))"
     )

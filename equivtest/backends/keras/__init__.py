@@ -8,3 +8,32 @@
 
 Importing this package imports no framework.
 """
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Mute what TensorFlow's C++ side prints while it loads (absl's pre-init oneDNN notice,
+    which ignores TF_CPP_MIN_LOG_LEVEL); Python errors are raised after stderr is back."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to mute
+        yield
+        return
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+

@@ -20,28 +20,8 @@ from collections import OrderedDict
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib  # noqa: E402
-import sys  # noqa: E402
 
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Mute what TensorFlow's C++ side prints while it loads (absl's pre-init oneDNN notice,
-    which ignores TF_CPP_MIN_LOG_LEVEL); Python errors are raised after stderr is back."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to mute
-        yield
-        return
-    saved = os.dup(fd)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, fd)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
+from . import quiet_native_stderr  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -58,7 +38,7 @@ def _keras_backend(name: str):
             os.environ["KERAS_BACKEND"] = before
 
 
-with _quiet_native_stderr(), _keras_backend("tensorflow"):  # 'keras' means Keras on TensorFlow here
+with quiet_native_stderr(), _keras_backend("tensorflow"):  # 'keras' means Keras on TensorFlow here
     import keras  # noqa: E402
     import tensorflow as tf  # noqa: E402
 import numpy as np  # noqa: E402
