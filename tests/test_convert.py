@@ -533,3 +533,18 @@ def test_onnx_matmul_add_softmax_head_converts(tmp_path, capsys):
     np.save(tmp_path / "X.npy", data()[0])
     res = api.verify(src, conv, str(tmp_path / "X.npy"))
     assert res.passed, res.failure_message()
+
+
+def test_exact_ties_decide_class_0_in_both_heads(tmp_path):
+    """w0 = w1 and b0 = b1: every item is an exact tie; argmax says class 0, and so must logit > 0."""
+    need("torch")
+    import torch
+
+    w = torch.linspace(-1, 1, D)
+    src, conv = tmp_path / "tie.pt", tmp_path / "tie-conv.pt"
+    torch.save({"weight": torch.stack([w, w]), "bias": torch.tensor([0.25, 0.25])}, src)
+    api.convert(src, conv)
+    res = api.verify(src, conv, data()[0])
+    assert res.passed and res.decisions["max_abs_dlogit"] == 0.0
+    assert res.decisions["agree"] == res.decisions["total"] == N  # a rule ">= 0" would decide class 1 on all
+    assert res.decisions["ties_p_half"] == N  # p is exactly 0.5: "p > 0.5" and "p >= 0.5" part on every item

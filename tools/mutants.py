@@ -42,6 +42,25 @@ class Mutant:
 
 
 MUTANTS = (
+    # equivtest convert / verify (tests/test_convert.py)
+    Mutant("converted bias left as b1", "equivtest/convert/core.py",
+           "stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, dtype)",
+           "stored_w, stored_b = round_to(exact_w, dtype), round_to(b64[1:] if to == SIGMOID else exact_b, dtype)",
+           ("tests/test_convert.py", "-k", "converts_reloads_and_verifies and torch-float32"), backends="torch"),
+    Mutant("verify decides ties to class 1 (logit >= 0)", "equivtest/convert/api.py",
+           "dec_a, dec_b = l_a > 0, l_b > 0", "dec_a, dec_b = l_a > 0, l_b >= 0",
+           ("tests/test_convert.py", "-k", "exact_ties"), backends="torch"),
+    Mutant("bfloat16 storage bound with float32's unit roundoff", "equivtest/convert/core.py",
+           '"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}', '"float16": 2.0 ** -11, "bfloat16": 2.0 ** -24}',
+           ("tests/test_convert.py", "-k", "half_precision and bfloat16"), backends="torch"),
+    Mutant("ONNX Softmax kept over one logit (always 1.0)", "equivtest/convert/onnxio.py",
+           '            if to == SIGMOID:\n                node.op_type = "Sigmoid"',
+           '            if to == SIGMOID:\n                node.op_type = "Softmax"',
+           ("tests/test_convert.py", "-k", "converts_reloads_and_verifies and onnx-float32"), backends="torch"),
+    Mutant("Hugging Face num_labels 1 without a problem type (MSE regression)", "equivtest/convert/tensors.py",
+           'new.update(num_labels=1, problem_type="multi_label_classification", ',
+           "new.update(num_labels=1, ",
+           ("tests/test_convert.py", "-k", "converts_reloads_and_verifies and hf-float32"), backends="torch"),
     Mutant("lr factor 1.9", "equivtest/heads.py", "    return 2.0\n\n\ndef weight_decay_factor",
            "    return 1.9\n\n\ndef weight_decay_factor",
            ("equivtest/suite/test_trajectory.py", "-k", "test_trajectory and sgd and float32")),
