@@ -437,6 +437,49 @@ def _keras_lambda(tmp):
     return ["convert", p, tmp / "o.keras"], "safe_mode=True refuses"
 
 
+def _keras_three_way(tmp):
+    from equivtest.convert.kerasio import _keras, _quiet
+
+    keras = _keras()
+    m = keras.Sequential([keras.Input((D,)), keras.layers.Dense(3, activation="softmax", name="head")])
+    p = tmp / "three.keras"
+    with _quiet():
+        m.save(str(p))
+    return ["convert", p, tmp / "o.keras"], "its last layer 'head' is Dense(3), not a 2-unit head"
+
+
+def _onnx_three_way(tmp):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "B"], ["z"], transB=1), helper.make_node("Softmax", ["z"], ["p"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, D])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 3])],
+        initializer=[numpy_helper.from_array(np.ones((3, D), np.float32), "W"),
+                     numpy_helper.from_array(np.zeros(3, np.float32), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    p = tmp / "three.onnx"
+    onnx.save(model, str(p))
+    return ["convert", p, tmp / "o.onnx"], "is 3-way, not 2-way"
+
+
+def _hf_three_labels(tmp):
+    src, _ = make("hf", tmp)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["id2label"] = {"0": "A", "1": "B", "2": "C"}
+    (src / "config.json").write_text(json.dumps(cfg))
+    return ["convert", src, tmp / "o"], "has 3 labels (A, B, C); converting to sigmoid needs a two-class"
+
+
+def _keras_width(tmp):
+    src, _ = make("keras", tmp)
+    np.save(tmp / "wide.npy", np.zeros((5, D + 1), np.float32))
+    return ["verify", src, src, "--features", tmp / "wide.npy", "--out", tmp / "rep"], \
+        f"has rows of shape {D + 1}, but {src}'s model input takes {D}"
+
+
 BAD = {"not a model": ("torch", _not_a_model), "three-way head": ("torch", _three_way),
        "several heads": ("torch", _two_heads), "pickled code": ("torch", _pickled_code),
        "truncated state_dict": ("torch", _truncated(".pt", "torch")),
@@ -445,7 +488,9 @@ BAD = {"not a model": ("torch", _not_a_model), "three-way head": ("torch", _thre
        "truncated keras": ("keras", _truncated(".keras", "keras")),
        "keras Lambda layer": ("keras", _keras_lambda), "hf config not JSON": ("hf", _bad_config),
        "OUT is IN": ("torch", _out_is_in), "OUT exists": ("torch", _out_exists),
-       "features width": ("torch", _width)}
+       "features width": ("torch", _width), "keras three-way head": ("keras", _keras_three_way),
+       "onnx three-way head": ("onnx", _onnx_three_way), "hf three labels": ("hf", _hf_three_labels),
+       "keras features width": ("keras", _keras_width)}
 
 
 @pytest.mark.fast_cells(dict(case=tuple(k for k, (fmt, _) in BAD.items() if fmt == "torch")))
