@@ -76,7 +76,8 @@ class Optimizer:
 
     def __post_init__(self):
         if self.name not in self.NAMES:
-            raise InputError(f"optimizer {self.name!r} is not supported; expected one of {', '.join(self.PRESETS)}")
+            raise InputError(f"optimizer name {self.name!r} is not one of {', '.join(self.NAMES)} (the presets "
+                             f"{', '.join(p for p in self.PRESETS if p not in self.NAMES)} are Optimizer.parse's)")
         if not 0.0 <= self.momentum < 1.0:
             raise InputError(f"optimizer momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0.0:

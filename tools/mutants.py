@@ -42,6 +42,10 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("Keras data-parallel network drops coupled decay", "equivtest/backends/keras/parallel.py",
+           'regs = [keras.regularizers.L2(decay / 2) if decay and kind == "tensorflow" else None for decay in decays]',
+           "regs = [None, None]",
+           ("equivtest/suite/test_composition.py", "--run-slow", "-k", "coupled and mlp and keras"), backends="keras"),
     # equivtest convert / verify (tests/test_convert.py)
     Mutant("converted bias left as b1", "equivtest/convert/core.py",
            "stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, dtype)",

@@ -26,7 +26,7 @@ from equivtest.compare import (
 from equivtest.errors import InputError
 from equivtest.networks import Network, group_rates
 from equivtest.parallel import check, engine
-from equivtest.plan import Plan
+from equivtest.plan import Optimizer, Plan
 from equivtest.sources import surrogate
 
 from .test_mixed_precision import BFLOAT16_TOL
@@ -45,6 +45,7 @@ OPTIONS = {
     "rmsprop": dict(optimizer="rmsprop", lr=1e-2),
     "adagrad": dict(optimizer="adagrad"),
     "adamw": dict(optimizer="adamw", lr=1e-2),
+    "coupled L2": dict(optimizer=Optimizer(name="sgd", weight_decay=0.25)),  # BASE plus decay alone
 }
 
 #: how far an option must move the trajectory from the plan without it: CONTROL_MARGIN x the tolerance, except

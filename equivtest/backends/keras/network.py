@@ -186,9 +186,7 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
     from .._base import all_finite, check_finite
     from .common import floatx, keras_loss
 
-    dt, opt = plan.dtype, plan.optimizer
-    if (rates.body_decay or rates.head_decay) and opt.decay == "coupled":
-        raise NotImplementedError(f"backend '{backend.name}' trains whole networks without coupled decay only")
+    dt = plan.dtype
     n, steps = len(data.y_train), plan.steps_per_epoch(len(data.y_train))
     with floatx(dt):
         body_opt, head_opt = group_optimizers(plan, rates)
@@ -197,7 +195,8 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
         set_initial(body, dense, body_init, head_init, dt)
         loss_fn = keras_loss(head, plan)
         body_vars, head_vars = group_variables(body, dense, body_opt, head_opt)
-        step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head))
+        step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head,
+                                coupled_decays(plan, rates)))
         state = JaxState.of(model, body_opt if body_vars else None, head_opt)
         X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
         losses, correct, val_loss, val_acc = [], [], [], []
@@ -222,14 +221,25 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
                            "cpu")
 
 
+def coupled_decays(plan: Plan, rates: GroupRates) -> tuple[float, float]:
+    """(body, head) coupled decay: each group's L2 penalty (decay / 2) ||w||^2 on kernel and bias, whose gradient
+    is decay * w, as ``torch.optim``'s coupled ``weight_decay`` and the oracle add it; (0, 0) for decoupled."""
+    if plan.optimizer.decay != "coupled":
+        return 0.0, 0.0
+    return float(rates.body_decay), float(rates.head_decay)
+
+
 def group_optimizers(plan: Plan, rates: GroupRates):
-    """(body, head) optimizers at the groups' rates with decoupled decay; no body optimizer for a frozen body."""
+    """(body, head) optimizers at the groups' rates, with the decay when it is decoupled (coupled decay is the
+    loss's L2 penalty, :func:`coupled_decays`); no body optimizer for a frozen body."""
     from .common import make_optimizer
 
     opt = plan.optimizer
+    coupled = opt.decay == "coupled"
     body_opt = make_optimizer(plan.replace(lr=rates.body_lr, optimizer=opt.replace(
-        weight_decay=rates.body_decay))) if rates.body_lr > 0 else None
-    head_opt = make_optimizer(plan.replace(lr=rates.head_lr, optimizer=opt.replace(weight_decay=rates.head_decay)))
+        weight_decay=0.0 if coupled else rates.body_decay))) if rates.body_lr > 0 else None
+    head_opt = make_optimizer(plan.replace(lr=rates.head_lr, optimizer=opt.replace(
+        weight_decay=0.0 if coupled else rates.head_decay)))
     return body_opt, head_opt
 
 
@@ -260,24 +270,33 @@ def arrays(net: Network, head: str, data, dt: str):
             np.ones((len(Xv), net.dropout_widths[0]), dtype=dt))
 
 
-def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str):
+def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str, decays=(0.0, 0.0)):
     """The training step to jit: ``(tv, ntv, bov, hov, x, m, y) -> (loss, correct, tv, ntv, bov, hov)``.
 
     ``tv``/``ntv`` are the model's (non-)trainable values, ``bov``/``hov`` the body's and the head's optimizer
-    variables; the body's optimizer is applied only when ``body_vars`` is not empty (a frozen body)."""
+    variables; the body's optimizer is applied only when ``body_vars`` is not empty (a frozen body).
+    ``decays`` are the groups' coupled decays (:func:`coupled_decays`): their L2 penalties join the loss that
+    is differentiated, not the loss that is recorded (as Keras's ``fit`` records the loss without
+    ``model.losses``)."""
     import jax
+    import jax.numpy as jnp
 
     order_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
     ib, ih = [order_of[id(v)] for v in body_vars], [order_of[id(v)] for v in head_vars]
+    penalties = [(decay / 2, idx) for decay, idx in zip(decays, (ib, ih)) if decay and idx]
 
     def loss_of(tv, ntv, x, m, y):
         p, ntv = model.stateless_call(tv, ntv, [x, m], training=True)
-        return loss_fn(y, p), (p, ntv)
+        loss = loss_fn(y, p)
+        total = loss
+        for half, idx in penalties:
+            total = total + half * sum(jnp.sum(jnp.square(tv[i])) for i in idx)
+        return total, (loss, p, ntv)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     def step(tv, ntv, bov, hov, x, m, y):
-        (loss, (p, ntv)), grads = grad_fn(tv, ntv, x, m, y)
+        (_, (loss, p, ntv)), grads = grad_fn(tv, ntv, x, m, y)
         tv = list(tv)
         if ib:
             new_b, bov = body_opt.stateless_apply(bov, [grads[i] for i in ib], [tv[i] for i in ib])

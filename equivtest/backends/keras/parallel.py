@@ -229,9 +229,8 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
 
     _refuse(plan, name)
     kind = keras.backend.backend()
-    dt, opt = plan.dtype, plan.optimizer
-    if (rates.body_decay or rates.head_decay) and opt.decay == "coupled":
-        raise NotImplementedError(f"backend '{name}' trains whole networks data-parallel without coupled decay")
+    dt = plan.dtype
+    decays = kn.coupled_decays(plan, rates)
     n = len(data.y_train)
     steps, sizes, width = plan.steps_per_epoch(n), batch_sizes(plan, n), net.dropout_widths[0]
     X, Y, Xv, Yv, ones_v = kn.arrays(net, head, data, dt)
@@ -241,7 +240,9 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
     with floatx(dt):
         with distributed(world):
             body_opt, head_opt = kn.group_optimizers(plan, rates)
-            inputs, body, dense, out = kn.build(net, head, dt)
+            # coupled decay: TensorFlow's step adds the layers' L2 regularizers, JAX's step the same penalties
+            regs = [keras.regularizers.L2(decay / 2) if decay and kind == "tensorflow" else None for decay in decays]
+            inputs, body, dense, out = kn.build(net, head, dt, *regs)
             body_vars, head_vars = kn.group_variables(body, dense, body_opt, head_opt)
             loss_fn = keras_loss(head, plan, "sum" if sums else "sum_over_batch_size")
             if kind == "tensorflow":
@@ -251,7 +252,7 @@ def train_network(name: str, net, head: str, body_init, head_init: Weights, plan
                 model = keras.Model(inputs, out)
             kn.set_initial(body, dense, body_init, head_init, dt)
             if kind == "jax":
-                run_epoch = _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head)
+                run_epoch = _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head, decays)
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
             masks = kn.scaled_masks(plan, epoch, n, width, dt)
@@ -286,7 +287,11 @@ def _tf_two_groups(inputs, out, loss_fn, recorder, body_opt, head_opt, body_vars
             with tf.GradientTape() as tape:
                 p = self(x, training=True)
                 loss = loss_fn(y, p, sample_weight=sw)
-            grads = tape.gradient(loss, body_vars + head_vars)
+                total = loss
+                if self.losses:  # the L2 penalties of coupled decay, once over the replicas (their gradients add)
+                    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                    total = loss + tf.add_n(self.losses) / tf.cast(replicas, loss.dtype)
+            grads = tape.gradient(total, body_vars + head_vars)
             if body_vars:
                 body_opt.apply(grads[: len(body_vars)], body_vars)
             head_opt.apply(grads[len(body_vars):], head_vars)
@@ -298,12 +303,12 @@ def _tf_two_groups(inputs, out, loss_fn, recorder, body_opt, head_opt, body_vars
     return model
 
 
-def _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str):
+def _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str, decays=(0.0, 0.0)):
     """One epoch of the from-scratch JAX loop with each batch placed by the distribution's data layout:
     returns each step's (global batch mean) loss and correct count."""
     import jax
 
-    step = jax.jit(kn.jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head))
+    step = jax.jit(kn.jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head, decays))
     state = kn.JaxState.of(model, body_opt if body_vars else None, head_opt)
 
     def run_epoch(bounds, X, masks, Y):
