@@ -480,6 +480,60 @@ def _keras_width(tmp):
         f"has rows of shape {D + 1}, but {src}'s model input takes {D}"
 
 
+def _hidden_two_row_layer(tmp):
+    import torch
+
+    m = torch.nn.Sequential(torch.nn.Linear(D, 2), torch.nn.ReLU(), torch.nn.Linear(2, 16), torch.nn.ReLU(),
+                            torch.nn.Linear(16, 2, bias=False))  # a 2-unit hidden layer, a bias-free head
+    p = tmp / "deep.pt"
+    torch.save(m.state_dict(), p)
+    return ["convert", p, tmp / "o.pt"], "2 candidate (2, d) heads (0.weight, 4.weight); name one with --layer"
+
+
+def _hf_two_weight_files(tmp):
+    src, _ = make("hf", tmp)
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(src / "model.safetensors")), src / "pytorch_model.bin")
+    return ["convert", src, tmp / "o"], "holds the weights more than once (model.safetensors, pytorch_model.bin)"
+
+
+def _out_inside_in(tmp):
+    src, _ = make("hf", tmp)
+    return ["convert", src, src / "inner"], "OUT is inside IN"
+
+
+def _out_suffix(tmp):
+    src, _ = make("torch", tmp)
+    return ["convert", src, tmp / "o.safetensors"], "ends in .safetensors, but the converted model is a PyTorch"
+
+
+def _fp8_head(tmp):
+    import torch
+
+    p = tmp / "fp8.pt"
+    torch.save({"fc.weight": torch.zeros(2, D).to(torch.float8_e4m3fn), "fc.bias": torch.zeros(2)}, p)
+    return ["convert", p, tmp / "o.pt", "--layer", "fc"], "layer 'fc.weight' is stored as float8_e4m3fn"
+
+
+def _hf_label_keys(tmp):
+    src, _ = make("hf", tmp)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["id2label"] = {"neg": "NEGATIVE", "pos": "POSITIVE"}
+    cfg.pop("label2id")
+    (src / "config.json").write_text(json.dumps(cfg))
+    return ["convert", src, tmp / "o"], "id2label keys are neg, pos; expected 0 to 1"
+
+
+def _overflow(tmp):
+    src, _ = make("torch", tmp)
+    conv = tmp / "c.pt"
+    assert main(["convert", str(src), str(conv)]) == 0
+    np.save(tmp / "huge.npy", np.full((4, D), 1e39))
+    return ["verify", src, conv, "--features", tmp / "huge.npy", "--out", tmp / "rep"], "outputs non-finite"
+
+
 BAD = {"not a model": ("torch", _not_a_model), "three-way head": ("torch", _three_way),
        "several heads": ("torch", _two_heads), "pickled code": ("torch", _pickled_code),
        "truncated state_dict": ("torch", _truncated(".pt", "torch")),
@@ -490,7 +544,10 @@ BAD = {"not a model": ("torch", _not_a_model), "three-way head": ("torch", _thre
        "OUT is IN": ("torch", _out_is_in), "OUT exists": ("torch", _out_exists),
        "features width": ("torch", _width), "keras three-way head": ("keras", _keras_three_way),
        "onnx three-way head": ("onnx", _onnx_three_way), "hf three labels": ("hf", _hf_three_labels),
-       "keras features width": ("keras", _keras_width)}
+       "keras features width": ("keras", _keras_width), "a hidden 2-unit layer": ("torch", _hidden_two_row_layer),
+       "hf weights twice": ("hf", _hf_two_weight_files), "OUT inside IN": ("hf", _out_inside_in),
+       "OUT suffix": ("torch", _out_suffix), "float8 head": ("torch", _fp8_head),
+       "hf id2label keys": ("hf", _hf_label_keys), "features overflow float32": ("torch", _overflow)}
 
 
 @pytest.mark.fast_cells(dict(case=tuple(k for k, (fmt, _) in BAD.items() if fmt == "torch")))
@@ -593,3 +650,69 @@ def test_exact_ties_decide_class_0_in_both_heads(tmp_path):
     assert res.passed and res.decisions["max_abs_dlogit"] == 0.0
     assert res.decisions["agree"] == res.decisions["total"] == N  # a rule ">= 0" would decide class 1 on all
     assert res.decisions["ties_p_half"] == N  # p is exactly 0.5: "p > 0.5" and "p >= 0.5" part on every item
+
+
+@pytest.mark.slow
+def test_a_mixed_bfloat16_keras_head_verifies_and_a_slip_still_fails(tmp_path, capsys, monkeypatch):
+    """Keras computes a mixed_bfloat16 head in bfloat16: the check on p allows for that arithmetic, and the
+    check of the stored heads in float64 still catches a slip far inside it."""
+    need("keras")
+    from equivtest.convert.kerasio import _keras, _quiet
+
+    keras = _keras()
+    X, y = data()
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((D,)), keras.layers.Dense(2, activation="softmax", name="head",
+                                                                    dtype="mixed_bfloat16")])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    model.fit(X, y, epochs=2, verbose=0)
+    src, good, bad = tmp_path / "m.keras", tmp_path / "good.keras", tmp_path / "bad.keras"
+    with _quiet():
+        model.save(str(src))
+    assert run(capsys, "convert", src, good)[0] == 0
+    res = api.verify(src, good, X)
+    assert res.passed and res.compute_dtype == "bfloat16", res.failure_message()
+    monkeypatch.setattr(heads, "softmax_to_sigmoid", MISTAKES["bias left as b1"])
+    assert run(capsys, "convert", src, bad)[0] == 0
+    res = api.verify(src, bad, X)
+    stored = res.checks[-1]
+    assert stored.name.startswith("stored heads") and not stored.passed and not res.passed
+
+
+def test_a_fixed_batch_onnx_graph_and_a_per_token_head_verify(tmp_path, capsys):
+    need("onnx")
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+    X, _ = data()
+    lin = torch.nn.Linear(D, 2)
+    src, conv = tmp_path / "static.onnx", tmp_path / "c.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Sequential(lin, torch.nn.Softmax(-1)), (torch.from_numpy(X[:7]),), str(src),
+                          dynamo=False)  # no dynamic_axes: the batch is fixed at 7, N = 400 is not a multiple
+    assert run(capsys, "convert", src, conv)[0] == 0
+    assert api.verify(src, conv, X).passed
+    pt, pt_conv = tmp_path / "tok.pt", tmp_path / "tok-c.pt"
+    torch.save(lin.state_dict(), pt)
+    assert run(capsys, "convert", pt, pt_conv)[0] == 0
+    res = api.verify(pt, pt_conv, X.reshape(40, 10, D))  # a head on every token: 400 items
+    assert res.passed and res.decisions["total"] == N
+
+
+def test_array_features_are_checked_as_a_files_are(tmp_path, capsys):
+    need("torch")
+    from equivtest.errors import FeatureError
+
+    src, X = make("torch", tmp_path)
+    conv = tmp_path / "c.pt"
+    assert run(capsys, "convert", src, conv)[0] == 0
+    assert api.verify(src, conv, X.tolist()).passed  # a list is an array
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(FeatureError, match="NaN or infinite"):
+        api.verify(src, conv, bad)
+    with pytest.raises(FeatureError, match="one row per item"):
+        api.verify(src, conv, np.zeros((0, D)))

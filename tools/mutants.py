@@ -48,8 +48,8 @@ MUTANTS = (
            ("equivtest/suite/test_composition.py", "--run-slow", "-k", "coupled and mlp and keras"), backends="keras"),
     # equivtest convert / verify (tests/test_convert.py)
     Mutant("converted bias left as b1", "equivtest/convert/core.py",
-           "stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, dtype)",
-           "stored_w, stored_b = round_to(exact_w, dtype), round_to(b64[1:] if to == SIGMOID else exact_b, dtype)",
+           "stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, bdt)",
+           "stored_w, stored_b = round_to(exact_w, dtype), round_to(b64[1:] if to == SIGMOID else exact_b, bdt)",
            ("tests/test_convert.py", "-k", "converts_reloads_and_verifies and torch-float32"), backends="torch"),
     Mutant("verify decides ties to class 1 (logit >= 0)", "equivtest/convert/api.py",
            "dec_a, dec_b = l_a > 0, l_b > 0", "dec_a, dec_b = l_a > 0, l_b >= 0",

@@ -66,9 +66,22 @@ class ConversionResult:
                 + f"; head parameters {self.params[0]} -> {self.params[1]}; weights {self.rounding.describe()}")
 
 
+#: what OUT may be called for each format (a torch state_dict takes any name but another format's)
+OUT_SUFFIXES = {"keras": (".keras", ".h5", ".hdf5"), "safetensors": (".safetensors",), "onnx": (".onnx",)}
+
+
 def _check_out(src: Path, out: Path, *, overwrite: bool, fmt: str) -> None:
     if out.exists() and src.exists() and (out.resolve() == src.resolve() or out.samefile(src)):
         raise ConversionError(out, "OUT is the same as IN; write the converted model to a new path")
+    if src.is_dir() and src.resolve() in out.resolve().parents:
+        raise ConversionError(out, f"OUT is inside IN ('{src}'); write the converted folder beside it")
+    suffix = out.suffix.lower()
+    if fmt in OUT_SUFFIXES and suffix not in OUT_SUFFIXES[fmt]:
+        raise ConversionError(out, f"a {FORMATS[fmt].what} is written as {' or '.join(OUT_SUFFIXES[fmt])}; "
+                                   "give OUT that suffix")
+    others = {x for f, xs in OUT_SUFFIXES.items() if f != fmt for x in xs}
+    if fmt in ("torch", "hf") and suffix in others:
+        raise ConversionError(out, f"ends in {suffix}, but the converted model is a {FORMATS[fmt].what}")
     if out.exists() and not overwrite:
         raise ConversionError(out, "already exists (pass --overwrite to replace it)")
     if out.exists() and (out.is_dir() != (fmt == "hf")):
@@ -76,8 +89,6 @@ def _check_out(src: Path, out: Path, *, overwrite: bool, fmt: str) -> None:
                                    + f"; a {FORMATS[fmt].what} is written as a " + ("folder" if fmt == "hf" else "file"))
     if not out.parent.is_dir():
         raise ConversionError(out, f"its folder '{out.parent}' does not exist")
-    if fmt == "keras" and out.suffix.lower() not in (".keras", ".h5", ".hdf5"):
-        raise ConversionError(out, "a Keras model is written as .keras (or legacy .h5); give OUT one of these")
 
 
 def convert(src, out, *, to: str = SIGMOID, split: str = "zero", layer: str | None = None,
@@ -115,24 +126,25 @@ def convert(src, out, *, to: str = SIGMOID, split: str = "zero", layer: str | No
 
 
 def _pick_layer(path, tensors, units, layer, *, hf: bool):
+    """The head: named by ``layer``, or the only candidate; several are listed and ``--layer`` asked for.
+
+    Two-row tables that are not layers (BERT's token-type embeddings, norms) are not candidates; in a
+    Hugging Face folder a candidate with transformers' head name (``score``, ``classifier``, ...) is
+    taken when it is the only one so named."""
     from . import tensors as T
 
     if layer is not None:
         return T.find_layer(path, tensors, units=units, layer=layer)
-    # an embedding table with two rows (BERT's token types) is not a head
     heads = {k: t for k, t in tensors.items() if "embed" not in k.lower() and "norm" not in k.lower()}
     try:
         return T.find_layer(path, heads, units=units)
     except ConversionError as exc:
-        if "candidate" not in exc.problem:
+        if not hf or "candidate" not in exc.problem:
             raise
-        cands = [k for k, t in heads.items() if k.endswith("weight") and getattr(t, "ndim", 0) == 2
-                 and int(t.shape[0]) in ((units,) if isinstance(units, int) else units)]
-        with_bias = [k for k in cands if k[: -len("weight")] + "bias" in heads]
-        named = [k for k in cands if hf and k.rsplit(".", 1)[0] in HF_HEAD_NAMES]
-        for pick in (named, with_bias):
-            if len(pick) == 1:
-                return T.find_layer(path, tensors, units=units, layer=pick[0])
+        cands = T.candidates(heads, units)
+        named = [k for k in cands if k.rsplit(".", 1)[0] in HF_HEAD_NAMES]
+        if len(named) == 1:
+            return T.find_layer(path, tensors, units=units, layer=named[0])
         raise
 
 
@@ -182,6 +194,7 @@ class WeightsModel:
         self.layer, self.units, self.dtype = lay.name, lay.units, lay.dtype
         self.weight, self.bias = lay.weight, lay.bias
         self.activation = SOFTMAX if lay.units == 2 else SIGMOID
+        self.compute_dtype = "float64" if lay.dtype == "float64" else "float32"  # half precision: in float32
         self.input_shape = (lay.n_features,)
         self._stored = (tensors[lay.weight_key], None if lay.bias_key is None else tensors[lay.bias_key])
 
@@ -242,13 +255,21 @@ def load_features(spec, *, dataset: str | None = None) -> tuple[np.ndarray, str]
         from ..sources import load_features as builtin
 
         X, name = builtin(str(spec)).X, "the built-in features"
-    X = np.asarray(X)
+    return check_features(X, spec, name), name
+
+
+def check_features(X, spec: str = "array", name: str = "the array") -> np.ndarray:
+    """``X`` as a numeric array with one row per item and only finite values, or one line saying what is wrong."""
+    try:
+        X = np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise FeatureError(f"features '{spec}'", f"{name} is not an array of numbers ({exc})") from None
     if X.dtype.kind not in "biuf" or X.ndim < 2 or X.shape[0] == 0:
         raise FeatureError(f"features '{spec}'", f"{name} is {X.dtype} of shape {X.shape}; expected numbers, "
                                                  "one row per item")
     if not np.isfinite(X).all():
         raise FeatureError(f"features '{spec}'", f"{name} holds NaN or infinite values")
-    return X, name
+    return X
 
 
 def _pick(spec, keys, dataset, get, prefer=None):
@@ -350,12 +371,14 @@ def _logit(z: np.ndarray, units: int) -> np.ndarray:
 
 def _describe(m) -> dict:
     return {"path": str(m.path), "format": m.format, "layer": m.layer, "units": m.units, "activation": m.activation,
-            "dtype": m.dtype, "n_params": int(m.weight.size + (0 if m.bias is None else m.bias.size))}
+            "dtype": m.dtype, "compute_dtype": m.compute_dtype, "n_params": int(m.weight.size + (0 if m.bias is None else m.bias.size))}
 
 
 def _check_width(m, X: np.ndarray, spec: str, name: str) -> None:
     want = tuple(m.input_shape)
     got = tuple(X.shape[1:])
+    if m.weights_only:  # the layer applies to the last axis: rows (N, d) or tokens (N, T, d)
+        want, got = want[-1:], got[-1:]
     ok = len(want) == len(got) and all(w is None or w == g for w, g in zip(want, got))
     if not ok:
         where = f"layer '{m.layer}' input" if m.weights_only else "model input"
@@ -379,24 +402,36 @@ def verify(original, converted, features, *, layer: str | None = None, converted
         raise InputError(f"model '{converted}': is a {'weights-only file' if b.weights_only else 'whole model'} "
                          f"but '{original}' is a {'weights-only file' if a.weights_only else 'whole model'}; "
                          "verify compares two of the same kind (features feed both)")
-    if isinstance(features, np.ndarray):
-        X, spec, name = np.asarray(features), "array", "the array"
-    else:
+    if isinstance(features, (str, Path)):
         spec = str(features)
         X, name = load_features(spec, dataset=dataset)
+    else:  # an array, a list, a tensor: checked as a file's array is
+        spec, name = "array", "the array"
+        X = check_features(features.numpy() if hasattr(features, "numpy") else features)
+    if a.weight.shape[1] != b.weight.shape[1]:
+        raise InputError(f"model '{converted}': its head '{b.layer}' takes {b.weight.shape[1]} inputs, but "
+                         f"'{original}''s head '{a.layer}' takes {a.weight.shape[1]}: not a conversion of it")
     for m in (a, b):
         _check_width(m, X, spec, name)
-    out_a, z_a, h_a = a.evaluate(X)
-    out_b, z_b, h_b = b.evaluate(X)
+    d = a.weight.shape[1]
+    out_a, z_a, h_a = (np.asarray(v) for v in a.evaluate(X))
+    out_b, z_b, h_b = (np.asarray(v) for v in b.evaluate(X))
+    # a head on every row (N, d), or on every token (N, T, d): one item per row of the head's input
+    out_a, z_a, h_a = out_a.reshape(-1, out_a.shape[-1]), z_a.reshape(-1, a.units), h_a.reshape(-1, d)
+    out_b, z_b, h_b = out_b.reshape(-1, out_b.shape[-1]), z_b.reshape(-1, b.units), h_b.reshape(-1, d)
     p_a, p_b = _p1(out_a, z_a, a.activation, a.units), _p1(out_b, z_b, b.activation, b.units)
     l_a, l_b = _logit(z_a, a.units), _logit(z_b, b.units)
-    compute = "float64" if a.dtype == b.dtype == "float64" else "float32"  # half precision is applied in float32
+    if not all(np.isfinite(v).all() for v in (p_a, p_b, l_a, l_b)):
+        raise FeatureError(f"features '{spec}'", f"{name} makes the models' outputs non-finite (values that "
+                                                 f"overflow {a.compute_dtype}?)")
+    # the arithmetic's dtype: the coarser of the two models' (half-precision weights applied in float32 are float32)
+    compute = max((a.compute_dtype, b.compute_dtype), key=lambda t: UNIT_ROUNDOFF[t])
     u_c = UNIT_ROUNDOFF[compute]
     # the bound on |d logit|: storage of the converted weights in their dtype, plus the two heads' own
     # rounding in the arithmetic's dtype (each dot product of n terms within n u sum|x w| of exact)
-    h = np.asarray(h_b, dtype=np.float64).reshape(len(X), -1)
-    d = h.shape[1]
-    store = core.storage_logit_bound(h, b.weight, b.bias, b.dtype) if b.dtype in HALF else np.zeros(len(X))
+    h = np.asarray(h_b, dtype=np.float64)
+    n_items = len(h)
+    store = core.storage_logit_bound(h, b.weight, b.bias, b.dtype) if b.dtype in HALF else np.zeros(n_items)
 
     def arith(m):
         s = np.abs(h) @ np.abs(m.weight).T + (0 if m.bias is None else np.abs(m.bias))
@@ -405,32 +440,59 @@ def verify(original, converted, features, *, layer: str | None = None, converted
     logit_bound = store + arith(a) + arith(b)
     dp = np.abs(p_a - p_b)
     dz = np.abs(l_a - l_b)
-    tol_p = PROBA_TOLERANCES[compute]["atol"] + float(store.max(initial=0.0)) / 4
+    if compute in PROBA_TOLERANCES:
+        tol_p = PROBA_TOLERANCES[compute]["atol"] + float(store.max(initial=0.0)) / 4
+        tol_what = (f"tolerance {PROBA_TOLERANCES[compute]['atol']:g} for {compute}"
+                    + (f" + the {b.dtype} storage bound / 4" if b.dtype in HALF else ""))
+    else:  # a model computing in half precision: its logits within the bound, its outputs rounded once more
+        tol_p = float(logit_bound.max()) / 4 + 2 * u_c
+        tol_what = f"the logit bound / 4 + 2 u of {compute}, the dtype the model computes in"
     dec_a, dec_b = l_a > 0, l_b > 0  # argmax with ties to class 0 == z1 - z0 > 0; the sigmoid's logit > 0
     clear = np.abs(l_a) > logit_bound
     disagree_clear = int(np.sum((dec_a != dec_b) & clear))
     checks = [
-        VerifyCheck("max |dp|", float(dp.max()), "<=", tol_p,
-                    f"p(class 1) of the two models; tolerance {PROBA_TOLERANCES[compute]['atol']:g} for {compute}"
-                    + (f" + the {b.dtype} storage bound / 4" if b.dtype in HALF else "")),
+        VerifyCheck("max |dp|", float(dp.max()), "<=", tol_p, f"p(class 1) of the two models; {tol_what}"),
         VerifyCheck("max |d logit| / bound", float(np.max(dz / np.maximum(logit_bound, 1e-300))), "<=", 1.0,
                     f"max |d logit| {float(dz.max()):.3g}; the bound per item is the storage's u sum|x beta| plus "
                     f"(d + 2) u sum|x w| of each head's arithmetic in {compute}"),
         VerifyCheck("decisions that disagree (past the bound)", float(disagree_clear), "==", 0.0,
                     f"{int(clear.sum())} items with |logit| past the bound; "
                     f"{int(np.sum(dec_a != dec_b))} disagree in all"),
+        _stored_check(a, b, np.asarray(h_a, dtype=np.float64), h),
     ]
     bound = {"storage_dtype": b.dtype, "unit_roundoff": UNIT_ROUNDOFF.get(b.dtype), "max_storage_logit": float(
         store.max(initial=0.0)), "max_logit_bound": float(logit_bound.max()), "proba_tolerance": tol_p}
     onnx_rep = None
     if export_onnx is not None:
         onnx_rep = _export_onnx(Path(export_onnx), a, b, h_a, h_b, out_a, out_b, p_a, p_b, compute, tol_p, checks)
-    decisions = {"agree": int(np.sum(dec_a == dec_b)), "total": int(len(X)),
+    decisions = {"agree": int(np.sum(dec_a == dec_b)), "total": int(n_items),
                  "ties_p_half": int(np.sum(p_b == 0.5)), "rule": TIE_RULE,
                  "max_abs_dp": float(dp.max()), "max_abs_dlogit": float(dz.max())}
     feats = {"source": spec, "dataset": name, "shape": list(X.shape), "dtype": str(X.dtype)}
     return VerifyResult(_describe(a), _describe(b), feats, compute, checks, decisions, bound, onnx_rep,
                         time.perf_counter() - t0)
+
+
+def _stored_check(a, b, h_a: np.ndarray, h_b: np.ndarray) -> VerifyCheck:
+    """The conversion itself, apart from any framework's arithmetic: both stored heads applied in float64.
+
+    The converted weights are the exact float64 conversion rounded once to their dtype, so the two logits
+    differ by at most the storage's ``u sum|x beta|`` (:func:`core.storage_logit_bound`) plus float64's own
+    rounding of the two dot products; a slip in the conversion (a sign, a bias) shows here even when the
+    models compute in bfloat16, whose arithmetic the check on p must allow for."""
+    d = a.weight.shape[1]
+    za = _logit(h_a @ a.weight.T + (0 if a.bias is None else a.bias), a.units)
+    zb = _logit(h_b @ b.weight.T + (0 if b.bias is None else b.bias), b.units)
+    u = UNIT_ROUNDOFF[b.dtype]
+    arith = (d + 2) * UNIT_ROUNDOFF["float64"] * (
+        (np.abs(h_a) @ np.abs(a.weight).T).sum(axis=1) + (np.abs(h_b) @ np.abs(b.weight).T).sum(axis=1)
+        + (0 if a.bias is None else np.abs(a.bias).sum()) + (0 if b.bias is None else np.abs(b.bias).sum()))
+    # the bound is taken on the stored beta: |beta| <= |stored| / (1 - u), hence the (1 + 2u)
+    bound = core.storage_logit_bound(h_b, b.weight, b.bias, b.dtype) * (1 + 2 * u) + arith
+    gap = np.abs(za - zb)
+    return VerifyCheck("stored heads in float64: max |d logit| / bound", float(np.max(gap / np.maximum(bound, 1e-300))),
+                       "<=", 1.0, f"max |d logit| {float(gap.max()):.3g}; the bound is one rounding to {b.dtype} "
+                                  f"(u = {u:.3g}) per stored weight, u sum|x beta|, plus float64's own")
 
 
 def _export_onnx(folder: Path, a, b, h_a, h_b, out_a, out_b, p_a, p_b, compute, tol_p, checks) -> dict:

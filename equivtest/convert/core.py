@@ -92,8 +92,10 @@ class Converted:
     rounding: Rounding
 
 
-def convert_weights(weight, bias, *, to: str = SIGMOID, split: str = "zero", dtype: str | None = None) -> Converted:
-    """Convert a head (torch layout) exactly in float64, then round once to ``dtype`` (default: the input's).
+def convert_weights(weight, bias, *, to: str = SIGMOID, split: str = "zero", dtype: str | None = None,
+                    bias_dtype: str | None = None) -> Converted:
+    """Convert a head (torch layout) exactly in float64, then round once to ``dtype`` (default: the input's;
+    the bias to ``bias_dtype``, default ``dtype``).
 
     ``to="sigmoid"`` takes a (2, d) head to (1, d) with beta = w1 - w0 and c = b1 - b0;
     ``to="softmax"`` takes a (1, d) head to (2, d) with ``split`` (:func:`equivtest.heads.sigmoid_to_softmax`).
@@ -110,12 +112,13 @@ def convert_weights(weight, bias, *, to: str = SIGMOID, split: str = "zero", dty
     canon = heads.Weights(w64.T, b64)
     out = heads.softmax_to_sigmoid(canon) if to == SIGMOID else heads.sigmoid_to_softmax(canon, split)
     exact_w, exact_b = out.kernel.T.copy(), out.bias.copy()
-    stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, dtype)
+    bdt = dtype_name(bias_dtype or dtype)
+    stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, bdt)
     exact = np.concatenate([exact_w.ravel(), exact_b])
     err = np.abs(np.concatenate([stored_w.ravel(), stored_b]) - exact)
     nz = exact != 0
-    rounding = Rounding(dtype, float(err.max(initial=0.0)), float((err[nz] / np.abs(exact[nz])).max(initial=0.0)),
-                        UNIT_ROUNDOFF[dtype])
+    rounding = Rounding(dtype if bdt == dtype else f"{dtype} (bias {bdt})", float(err.max(initial=0.0)),
+                        float((err[nz] / np.abs(exact[nz])).max(initial=0.0)), max(UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF[bdt]))
     return Converted(stored_w, None if bias is None else stored_b, rounding)
 
 

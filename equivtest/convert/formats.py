@@ -31,7 +31,7 @@ FORMATS: dict[str, Format] = {
     "keras": Format("keras", "Keras 3 model (.keras, legacy .h5)", ("keras",), "tensorflow", False),
     "torch": Format("torch", "PyTorch state_dict (torch.save)", ("torch",), "torch", True),
     "safetensors": Format("safetensors", "safetensors file", ("safetensors", "torch"), "safetensors", True),
-    "hf": Format("hf", "Hugging Face-style folder (config.json + model.safetensors)", ("safetensors", "torch"),
+    "hf": Format("hf", "Hugging Face-style folder (config.json + model.safetensors, shards or pytorch_model.bin)", ("safetensors", "torch"),
                  "safetensors", True),
     "onnx": Format("onnx", "ONNX model", ("onnx", "onnxruntime"), "onnx", False),
 }

@@ -68,6 +68,12 @@ def load(path):
         if "safe_mode" in str(exc) or "Lambda" in str(exc):
             raise ConversionError(path, "holds code that Keras's safe_mode=True refuses to load (a Lambda layer "
                                         "or a custom object); equivtest never loads with safe_mode=False") from None
+        if "Could not locate" in str(exc) or "Unknown layer" in str(exc):
+            raise ConversionError(path, f"needs a custom class that is not registered ({msg[:160]}); equivtest "
+                                        "loads with safe_mode=True and no custom objects") from None
+        if "File not found" in str(exc) or "BadZipFile" in type(exc).__name__:
+            raise ConversionError(path, "cannot be read as a Keras model (not a complete .keras zip or h5 file: "
+                                        "truncated or corrupted?)") from None
         raise ConversionError(path, f"cannot be read as a Keras model (truncated or corrupted? "
                                     f"{type(exc).__name__}: {msg[:200]})") from None
 
@@ -87,6 +93,11 @@ class KerasHead:
     def dtype(self) -> str:
         return dtype_name(self.dense.kernel.dtype)
 
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the head computes in (``mixed_bfloat16``: bfloat16 on float32 weights)."""
+        return dtype_name(self.dense.compute_dtype)
+
     def weights(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(weight (k, d), bias (k,) or None) in float64, torch layout."""
         k = np.asarray(self.dense.kernel.numpy(), dtype=np.float64).T.copy()
@@ -103,6 +114,15 @@ def _activation_name(obj) -> str | None:
 def find_head(path, model, *, units=(1, 2), layer: str | None = None) -> KerasHead:
     keras = _keras()
     units = (units,) if isinstance(units, int) else tuple(units)
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        raise ConversionError(path, "is a model that was never built (no input shape was given before it was "
+                                    "saved); build it with keras.Input(...) and save it again")
+    if len(model.inputs) != 1:
+        raise ConversionError(path, f"has {len(model.inputs)} inputs; equivtest feeds one features array")
     if len(model.outputs) != 1:
         raise ConversionError(path, f"has {len(model.outputs)} outputs; equivtest converts a one-output classifier")
     layers = model.layers
@@ -147,8 +167,9 @@ def converted_model(head: KerasHead, conv: Converted, *, to: str):
     d = head.dense
     k_new = target_units(to)[1]
     act = "linear" if head.activation == LOGITS else (SIGMOID if to == SIGMOID else SOFTMAX)
-    new = keras.layers.Dense(k_new, activation=act, use_bias=d.bias is not None, name=d.name,
-                             dtype=d.dtype_policy)
+    # the same layer in all but its width and activation: initializers, regularizers, constraints, dtype policy
+    config = dict(d.get_config(), units=k_new, activation=act)
+    new = type(d).from_config(config)
     out = new(d.input)
     model = keras.Model(head.model.inputs, out, name=head.model.name)
     kdtype = d.kernel.dtype
@@ -183,6 +204,7 @@ class KerasModel:
         self.units = self.head.units
         self.activation = self.head.activation
         self.dtype = self.head.dtype
+        self.compute_dtype = self.head.compute_dtype
         self.layer = self.head.dense.name
         self.weight, self.bias = self.head.weights()
         shape = self.model.inputs[0].shape

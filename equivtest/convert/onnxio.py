@@ -231,6 +231,7 @@ class OnnxModel:
         self.units = self.head.units
         self.activation = self.head.activation
         self.weight, self.bias, self.dtype = self.head.weights()
+        self.compute_dtype = self.dtype  # ONNX Runtime computes in the initializers' dtype
         self.layer = self.head.matmul.name or self.head.w_name
         g = self.model.graph
         inits = {t.name for t in g.initializer}
@@ -251,8 +252,21 @@ class OnnxModel:
         self._sess = _session(probe)
 
     def evaluate(self, X: np.ndarray):
-        out, z, h = self._sess.run(self._names, {self.input_name: np.asarray(X, dtype=self.input_dtype)})
-        return np.asarray(out), np.asarray(z), np.asarray(h)
+        X = np.asarray(X, dtype=self.input_dtype)
+        tt = self.model.graph.input[[i.name for i in self.model.graph.input].index(self.input_name)].type.tensor_type
+        fixed = tt.shape.dim[0].dim_value if len(tt.shape.dim) and tt.shape.dim[0].HasField("dim_value") else 0
+        if not fixed or fixed == len(X):
+            out, z, h = self._sess.run(self._names, {self.input_name: X})
+            return np.asarray(out), np.asarray(z), np.asarray(h)
+        # a graph exported with a fixed batch size (torch.onnx.export's default): run it batch by batch,
+        # the last batch padded with zeros and the padding dropped
+        parts = []
+        for lo in range(0, len(X), fixed):
+            x = X[lo:lo + fixed]
+            pad = np.zeros((fixed - len(x),) + X.shape[1:], dtype=X.dtype)
+            res = self._sess.run(self._names, {self.input_name: np.concatenate([x, pad])})
+            parts.append([np.asarray(r)[: len(x)] for r in res])
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 def head_model(weight: np.ndarray, bias: np.ndarray | None, activation: str, dtype: str):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import atomic
-from .core import ConversionError, convert_weights, dtype_name, target_units
+from .core import UNIT_ROUNDOFF, ConversionError, convert_weights, dtype_name, target_units
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -89,9 +89,7 @@ def find_layer(path, tensors: dict, *, units: int | tuple[int, ...] = 2, layer: 
             raise ConversionError(path, f"layer '{layer}' has weight {tuple(w.shape)}, not a {want} head")
         cands = [wkey]
     else:
-        cands = [k for k, t in tensors.items()
-                 if k.endswith("weight") and getattr(t, "ndim", 0) == 2 and int(t.shape[0]) in units
-                 and t.is_floating_point()]
+        cands = candidates(tensors, units)
         if not cands:
             rows = sorted({int(t.shape[0]) for t in tensors.values() if getattr(t, "ndim", 0) == 2})
             raise ConversionError(path, f"no {want} head among its {len(tensors)} tensors (2-D weights have "
@@ -101,23 +99,35 @@ def find_layer(path, tensors: dict, *, units: int | tuple[int, ...] = 2, layer: 
                                         "name one with --layer")
     wkey = cands[0]
     w = tensors[wkey]
+    if dtype_name(w.dtype) not in UNIT_ROUNDOFF:
+        raise ConversionError(path, f"layer '{wkey}' is stored as {dtype_name(w.dtype)}; equivtest converts "
+                                    f"{', '.join(UNIT_ROUNDOFF)} heads")
     bkey = bias_of(wkey, int(w.shape[0]))
+    if bkey is not None and dtype_name(tensors[bkey].dtype) not in UNIT_ROUNDOFF:
+        raise ConversionError(path, f"bias '{bkey}' is stored as {dtype_name(tensors[bkey].dtype)}; equivtest "
+                                    f"converts {', '.join(UNIT_ROUNDOFF)} heads")
     name = wkey[: -len(".weight")] if wkey.endswith(".weight") else wkey
     return Layer(name, wkey, bkey, _as_f64(w), None if bkey is None else _as_f64(tensors[bkey]),
                  dtype_name(w.dtype))
 
 
+def candidates(tensors: dict, units) -> list[str]:
+    """Names of the tensors that could be a head's weight: 2-D, ``units`` rows, a float dtype equivtest converts."""
+    units = (units,) if isinstance(units, int) else tuple(units)
+    return [k for k, t in tensors.items()
+            if k.endswith("weight") and getattr(t, "ndim", 0) == 2 and int(t.shape[0]) in units
+            and dtype_name(getattr(t, "dtype", "")) in UNIT_ROUNDOFF]
+
+
 def replace_layer(tensors: dict, lay: Layer, *, to: str, split: str):
     """``tensors`` with the head converted (a new dict, other tensors the same objects), and the Converted."""
     torch = _torch()
-    conv = convert_weights(lay.weight, lay.bias, to=to, split=split, dtype=lay.dtype)
-    tdtype = tensors[lay.weight_key].dtype
+    bias_dtype = None if lay.bias_key is None else dtype_name(tensors[lay.bias_key].dtype)
+    conv = convert_weights(lay.weight, lay.bias, to=to, split=split, dtype=lay.dtype, bias_dtype=bias_dtype)
     out = {}
     for k, t in tensors.items():
-        if k == lay.weight_key:
-            t = torch.from_numpy(conv.weight).to(tdtype).contiguous()
-        elif k == lay.bias_key:
-            t = torch.from_numpy(conv.bias).to(tdtype).contiguous()
+        if k in (lay.weight_key, lay.bias_key):  # each in its own dtype (a float16 bias beside float32 weights)
+            t = torch.from_numpy(conv.weight if k == lay.weight_key else conv.bias).to(t.dtype).contiguous()
         out[k] = t
     return out, conv
 
@@ -161,7 +171,8 @@ def read_state_dict(path) -> dict:
 def _tensor_mapping(path, obj) -> dict:
     torch = _torch()
     if not isinstance(obj, dict):
-        raise ConversionError(path, f"holds a {type(obj).__name__}, not a state_dict (a dict of tensors)")
+        raise ConversionError(path, f"holds an object of type {type(obj).__name__}, not a state_dict (a dict of "
+                                    "tensors)")
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
             hint = "; save model.state_dict() alone" if isinstance(v, dict) else ""
@@ -222,6 +233,11 @@ def read_hf(path) -> HFFolder:
         raise ConversionError(cfg_path, f"is not valid JSON ({_first_line(exc)})") from None
     if not isinstance(config, dict):
         raise ConversionError(cfg_path, "is not a JSON object")
+    found = [f for f in (HF_WEIGHTS, HF_INDEX, HF_TORCH, "pytorch_model.bin.index.json", "tf_model.h5",
+                         "flax_model.msgpack", "model.onnx", "onnx/model.onnx") if (path / f).exists()]
+    if len(found) > 1:
+        raise ConversionError(path, f"holds the weights more than once ({', '.join(found)}); converting one would "
+                                    "leave the others with the 2-way head: keep one and convert that")
     if (path / HF_WEIGHTS).is_file():
         return HFFolder(path, config, [HF_WEIGHTS], "safetensors")
     if (path / HF_INDEX).is_file():
@@ -262,6 +278,9 @@ def hf_labels(path, config: dict) -> dict[str, str]:
         labels = {str(k): str(v) for k, v in id2label.items()}
         if n is not None and n != len(labels):
             raise ConversionError(path, f"{HF_CONFIG} says num_labels {n} but id2label has {len(labels)} entries")
+        if set(labels) != {str(i) for i in range(len(labels))}:
+            raise ConversionError(path, f"{HF_CONFIG}'s id2label keys are {', '.join(sorted(labels))}; "
+                                        f"expected 0 to {len(labels) - 1}")
         return labels
     if isinstance(n, int) and n > 0:
         return {str(i): f"LABEL_{i}" for i in range(n)}
@@ -289,7 +308,8 @@ def hf_config_converted(path, config: dict, *, to: str) -> dict:
     else:
         pos = labels["0"]
         old = config.get("equivtest", {}).get("id2label") if isinstance(config.get("equivtest"), dict) else None
-        id2label = old if isinstance(old, dict) and len(old) == 2 else {"0": f"not {pos}", "1": pos}
+        usable = isinstance(old, dict) and set(map(str, old)) == {"0", "1"}
+        id2label = {str(k): str(v) for k, v in old.items()} if usable else {"0": f"not {pos}", "1": pos}
         new.update(num_labels=2, problem_type="single_label_classification", id2label=id2label,
                    label2id={v: int(k) for k, v in id2label.items()})
         new.pop("equivtest", None)
