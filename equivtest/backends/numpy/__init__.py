@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...heads import UNITS, Weights, check_head, sigmoid_coordinates
+from ...heads import UNITS, Weights, check_head
 from ...heads import predict_proba as _predict_proba
 from ...plan import Plan
 from ...trajectory import Trajectory
-from .._base import BaseBackend, all_finite, batch_sizes, check_finite, epoch_logs
-from .ops import OptimizerState, loss_and_grad, weights_and_gamma
+from .._base import BaseBackend
 
 
 class Backend(BaseBackend):
@@ -90,58 +89,16 @@ class Backend(BaseBackend):
             return self._train(head, init, plan, data, device, masks, callback, record_history)
 
     def _train(self, head, init, plan: Plan, data, device, masks, callback, record_history) -> Trajectory:
+        """The head is the network with body ``none``: one loop (:func:`.network.train_network`) for both."""
+        from ...networks import GroupRates, Network
+        from .network import train_network
+
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
-        dt = np.dtype(plan.dtype)
-        X = data.features("train", plan.dtype)
-        Xv = data.features("val", plan.dtype)
-        y = data.y_train
-        T = plan.targets(y)  # smoothed targets
-        W, gamma = weights_and_gamma(plan, head, y)
-        Tv = plan.targets(data.y_val)
-        n, d = X.shape
-        K, b = _parameters(init, dt)
-        opt = OptimizerState(plan.optimizer, plan.lr, [K, b], self.epsilon_convention)
-        scale = dt.type(plan.mask_scale)
-        mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.native_seed)
-        bounds = plan.batch_bounds(n)
-        sizes = batch_sizes(plan, n)
-        buf = np.empty((plan.batch_size, d), dtype=dt)
-
-        losses, correct = [], []
-        val_loss, val_acc = [], []
-        history = [] if record_history else None
-        for epoch in range(plan.epochs):
-            order = plan.batch_order(epoch, n)
-            m = mask_plan.epoch_masks(epoch, n, d)
-            for s, t in bounds:
-                idx = order[s:t]
-                xb = np.take(X, idx, axis=0, out=buf[: t - s])
-                if m is not None:  # x * scale where kept, else 0 (in place, no temporaries)
-                    xb *= scale
-                    xb *= m[s:t]
-                loss, n_right, gz = loss_and_grad(head, xb @ K + b, y[idx], T[idx],
-                                                   None if W is None else W[idx], gamma=gamma)
-                if not np.isfinite(loss):
-                    check_finite(self.name, head, [loss], len(losses))
-                losses.append(loss)
-                correct.append(n_right)
-                opt.step([xb.T @ gz, gz.sum(axis=0)])
-                if history is not None:
-                    history.append(sigmoid_coordinates(K, b))
-            check_finite(self.name, head, [], len(losses), all_finite(K, b))
-            Wv = plan.focal_weights(head, data.y_val) if gamma is not None else None
-            vl, vr, _ = loss_and_grad(head, Xv @ K + b, data.y_val, Tv, Wv, grad=False, gamma=gamma)
-            val_loss.append(vl)
-            val_acc.append(vr / len(data.y_val))
-            if callback is not None:
-                k = len(bounds)
-                callback(epoch, epoch_logs(losses[-k:], correct[-k:], sizes[:k], vl, val_acc[-1]))
-        return Trajectory.from_steps(
-            losses, correct, sizes, len(bounds), val_loss, val_acc,
-            Weights(K, b), self._meta(head, plan, data, device, masks),
-            history=None if history is None else np.asarray(history),
-        )
+        net = Network("none", (data.n_features,))
+        rates = GroupRates(body_lr=0.0, head_lr=plan.lr, head_decay=plan.optimizer.weight_decay)
+        return train_network(self, net, head, [], init, plan, data, rates, masks=masks, callback=callback,
+                             record_history=record_history, meta=self._meta(head, plan, data, device, masks))
 
 
 def _parameters(init: Weights, dtype) -> list[np.ndarray]:

@@ -87,52 +87,79 @@ def backward(net: Network, params, cache, gh: np.ndarray) -> list[np.ndarray]:
 
 
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
-                  rates: GroupRates) -> Trajectory:
-    """Train body + head under ``plan`` with per-group ``rates``; per-step losses as the head's ``train``."""
-    from .._base import all_finite, batch_sizes, check_finite
+                  rates: GroupRates, *, masks: str = "plan", callback=None, record_history: bool = False,
+                  meta: dict | None = None) -> Trajectory:
+    """The oracle's one training loop: body + head under ``plan`` with per-group ``rates``.
+
+    Body ``none`` is the seed's head on features (``Backend.train`` calls this with it): its rows are
+    gathered and masked in place, with no temporaries.  ``masks`` ("plan" or "native"), ``callback``
+    (per epoch, Keras-style logs) and ``record_history`` (the head's sigmoid coordinates after each step)
+    apply to every body, as every plan option does (class weights, label smoothing, focal loss, decay).
+    """
+    from ...heads import sigmoid_coordinates
+    from .._base import all_finite, batch_sizes, check_finite, epoch_logs
     from .ops import OptimizerState, loss_and_grad, weights_and_gamma
 
     dt = np.dtype(plan.dtype)
-    X, Xv = data.X_train.astype(dt), data.X_val.astype(dt)
+    X, Xv = data.features("train", plan.dtype), data.features("val", plan.dtype)
     y, yv = data.y_train, data.y_val
     T, Tv = plan.targets(y), plan.targets(yv)
-    W, gamma = weights_and_gamma(plan, head, y)  # as the head's loop: class weights, focal alpha and gamma
+    W, gamma = weights_and_gamma(plan, head, y)  # class weights, focal alpha and gamma
     Wv = plan.focal_weights(head, yv) if gamma is not None else None
     n = len(y)
     body = [[k.astype(dt, copy=True), b.astype(dt, copy=True)] for k, b in body_init]
     kh, bh = head_init.kernel.astype(dt, copy=True), head_init.bias.astype(dt, copy=True)
     flat_body = [p for layer in body for p in layer]
     opt_body = OptimizerState(plan.optimizer.replace(weight_decay=rates.body_decay), rates.body_lr, flat_body,
-                          backend.epsilon_convention) if flat_body else None
+                              backend.epsilon_convention) if flat_body else None
     opt_head = OptimizerState(plan.optimizer.replace(weight_decay=rates.head_decay), rates.head_lr, [kh, bh],
-                          backend.epsilon_convention)
+                              backend.epsilon_convention)
     scale = dt.type(plan.mask_scale)
+    mask_plan = plan if masks == "plan" else plan.replace(mask_stream=plan.native_seed)
     bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
+    head_only = net.body == "none"
+    buf = np.empty((plan.batch_size,) + X.shape[1:], dtype=dt) if head_only else None
     losses, correct, val_loss, val_acc = [], [], [], []
+    history = [] if record_history else None
     for epoch in range(plan.epochs):
         order = plan.batch_order(epoch, n)
-        drawn = [plan.epoch_masks(epoch, n, w, layer=i) for i, w in enumerate(net.dropout_widths)]
+        drawn = [mask_plan.epoch_masks(epoch, n, w, layer=i) for i, w in enumerate(net.dropout_widths)]
         for s, t in bounds:
             idx = order[s:t]
-            masks = [None if d is None else d[s:t] * scale for d in drawn]
-            h, cache = forward(net, body, X[idx], masks)
+            if head_only:  # x * scale where kept, else 0, in place
+                h = np.take(X, idx, axis=0, out=buf[: t - s])
+                if drawn[0] is not None:
+                    h *= scale
+                    h *= drawn[0][s:t]
+                cache = None
+            else:
+                h, cache = forward(net, body, X[idx], [None if d is None else d[s:t] * scale for d in drawn])
             loss, n_right, gz = loss_and_grad(head, h @ kh + bh, y[idx], T[idx], None if W is None else W[idx],
                                               gamma=gamma)
             if not np.isfinite(loss):
                 check_finite(backend.name, head, [loss], len(losses))
             losses.append(loss)
             correct.append(n_right)
-            grads = backward(net, body, cache, gz @ kh.T)
+            grads = backward(net, body, cache, gz @ kh.T) if opt_body is not None else None
             opt_head.step([h.T @ gz, gz.sum(axis=0)])
             if opt_body is not None:
                 opt_body.step(grads)
+            if history is not None:
+                history.append(sigmoid_coordinates(kh, bh))
         check_finite(backend.name, head, [], len(losses), all_finite(kh, bh, *flat_body))
-        hv, _ = forward(net, body, Xv, [None] * len(net.dropout_widths))
+        hv = Xv if head_only else forward(net, body, Xv, [None] * len(net.dropout_widths))[0]
         vl, vr, _ = loss_and_grad(head, hv @ kh + bh, yv, Tv, Wv, grad=False, gamma=gamma)
         val_loss.append(vl)
         val_acc.append(vr / len(yv))
-    meta = {"backend": backend.name, "head": head, "body": net.body, "dtype": plan.dtype, "lr": plan.lr,
-            "optimizer": plan.optimizer.label, "rates": rates.__dict__}
-    traj = Trajectory.from_steps(losses, correct, sizes, len(bounds), val_loss, val_acc, Weights(kh, bh), meta)
-    traj.body = [(k.copy(), b.copy()) for k, b in body]
+        if callback is not None:
+            k = len(bounds)
+            callback(epoch, epoch_logs(losses[-k:], correct[-k:], sizes[:k], vl, val_acc[-1]))
+    as_network = meta is None  # called as a network (a body, possibly none), not as the head's train()
+    if as_network:
+        meta = {"backend": backend.name, "head": head, "body": net.body, "dtype": plan.dtype, "lr": plan.lr,
+                "optimizer": plan.optimizer.label, "rates": rates.__dict__}
+    traj = Trajectory.from_steps(losses, correct, sizes, len(bounds), val_loss, val_acc, Weights(kh, bh), meta,
+                                 history=None if history is None else np.asarray(history))
+    if as_network:
+        traj.body = [(k.copy(), b.copy()) for k, b in body]
     return traj
