@@ -189,6 +189,21 @@ class _StepInputs:
             yield itertools.chain.from_iterable(prepare(c, self.buffers[0]) for c in range(len(self.chunks)))
 
 
+class _BodyInputs:
+    """A network's step inputs: the rows, and the plan's masks as ``scale`` or 0 where its Dropout layer sits
+    (:class:`_StepInputs` is the head's, with the mask applied to the rows themselves)."""
+
+    def __init__(self, X, plan: Plan, bounds, width: int):
+        self.X, self.plan, self.bounds, self.width = X, plan, bounds, width
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int, order):
+        drawn = self.plan.epoch_masks(epoch, len(order), self.width)
+        scaled = None if drawn is None else torch.as_tensor(drawn, device=self.X.device).to(self.X.dtype) * \
+            self.plan.mask_scale
+        yield ((self.X.index_select(0, order[s:t]), None if scaled is None else scaled[s:t]) for s, t in self.bounds)
+
+
 class Backend(BaseBackend):
     name = "torch"
     framework = "torch"
@@ -268,39 +283,71 @@ class Backend(BaseBackend):
         return int(sum(p.numel() for p in model.parameters()))
 
     def network_loop(self):
-        from .network import train_network
+        def loop(backend, network, head, body_init, head_init, plan, data, rates, device="cpu"):
+            return backend.run(network, head, body_init, head_init, plan, data, rates, device)
 
-        return train_network
+        return loop
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
+        """The head is the network with body ``none``: :meth:`run` trains both."""
+        from ...networks import GroupRates, Network
+
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
+        rates = GroupRates(body_lr=0.0, head_lr=plan.lr, head_decay=plan.optimizer.weight_decay)
+        return self.run(Network("none", (data.n_features,)), head, [], init, plan, data, rates, device,
+                        masks=masks, callback=callback, record_history=record_history,
+                        meta=self._meta(head, plan, data, device, masks))
+
+    def run(self, net, head, body_init, head_init: Weights, plan: Plan, data, rates, device="cpu", *,
+            masks="plan", callback=None, record_history=False, meta=None) -> Trajectory:
+        """The one PyTorch training loop: a body (``none``: the seed's head on features) and a head, one
+        optimizer with a parameter group each (its learning rate and weight decay), every plan option.
+
+        Body ``none`` takes its inputs from :class:`_StepInputs` (on a CPU a worker thread gathers and
+        masks the next steps) and offers ``masks="native"`` (``nn.Dropout``); a body multiplies the
+        plan's masks in where its Dropout layer sits.  ``callback`` (per epoch) and ``record_history``
+        (the head's sigmoid coordinates after each step) apply to every body."""
+        from .network import TorchNetwork, from_torch_kernel
+
         dev = torch.device(device)
         dt = DTYPES[plan.dtype]
+        head_only = net.body == "none"
+        if masks == "native" and not head_only:
+            raise ValueError("masks='native' is the head's (nn.Dropout before it); a body takes the plan's masks")
+        model = TorchNetwork(net, body_init, head, dev, dt)
+        model.set_head(head_init)
+        layer = model.head
+        body_params = [p for m in model.body_layers() for p in (m.weight, m.bias)]
+        groups = [{"params": body_params, "lr": rates.body_lr, "weight_decay": rates.body_decay}] if body_params else []
+        groups.append({"params": list(layer.parameters()), "lr": rates.head_lr, "weight_decay": rates.head_decay})
+        opt = self.make_optimizer(plan, groups)
         X = torch.as_tensor(data.X_train, device=dev).to(dt)
         y = torch.as_tensor(data.y_train, device=dev)
-        n, d = X.shape
+        n = len(data.y_train)
         # targets: class indices (+ label_smoothing=) for F.cross_entropy; smoothed floats for BCE
         yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train), device=dev).to(dt)
         sw = plan.sample_weights(data.y_train)  # class weights (focal alpha is inside the focal loss)
         sw = None if sw is None else torch.as_tensor(sw, device=dev).to(dt)
         batch_loss = loss_fn(head, plan)
-        layer = self.linear_layer(init, dev, dt)
-        opt = self.make_optimizer(plan, layer.parameters())
         bounds = plan.batch_bounds(n)
         dropout = nn.Dropout(plan.dropout) if masks == "native" and plan.dropout > 0 else None
         sizes = batch_sizes(plan, n)
         Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
         yv = torch.as_tensor(data.y_val, device=dev)
         yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
-        spare, self._spare = self._spare, None  # taken: two runs at once never share buffers
-        inputs = _StepInputs(X, plan, bounds, masks == "plan", pipelined=self.pipelined, spare=spare)
+        if head_only:
+            spare, self._spare = self._spare, None  # taken: two runs at once never share buffers
+            inputs = _StepInputs(X, plan, bounds, masks == "plan", pipelined=self.pipelined, spare=spare)
+        else:
+            inputs = _BodyInputs(X, plan, bounds, net.dropout_widths[0])
         step_rows = [t - s for s, t in bounds]
         step_losses, step_correct, val_loss, val_acc = [], [], [], []
         # mixed precision as a PyTorch user writes it: forward and loss under autocast, float32 weights
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
         history = [] if record_history else None
+        forward = layer if head_only else model
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.native_seed)
             for epoch in range(plan.epochs):
@@ -313,7 +360,7 @@ class Backend(BaseBackend):
                         if dropout is not None:
                             xb = dropout(xb)
                         with autocast:
-                            z = layer(xb)
+                            z = forward(*xb) if isinstance(xb, tuple) else forward(xb)
                             loss = batch_loss(z, yb, wb)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -328,21 +375,29 @@ class Backend(BaseBackend):
                 right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
                 step_losses.append(losses.cpu().numpy())
                 check_finite(self.name, head, step_losses[-1], epoch * len(bounds),
-                             bool(torch.isfinite(layer.weight).all() & torch.isfinite(layer.bias).all()))
+                             all(bool(torch.isfinite(p).all()) for p in model.parameters()))
                 step_correct.append(right)
                 with autocast:
-                    vl, va = self._evaluate(head, layer, batch_loss, Xv, yv, yv_t)
+                    vl, va = self._evaluate(head, model, batch_loss, Xv, yv, yv_t)
                 val_loss.append(vl)
                 val_acc.append(va)
                 if callback is not None:
                     callback(epoch, epoch_logs(step_losses[-1], right, sizes[: len(bounds)], vl, va))
         weights = from_torch_layout(layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy())
-        self._spare = inputs.spare()
-        return Trajectory.from_steps(
+        if head_only:
+            self._spare = inputs.spare()
+        as_network = meta is None  # called as a network (train_network), not as the head's train()
+        if as_network:
+            meta = {"backend": self.name, "head": head, "body": net.body, "device": str(dev), "dtype": plan.dtype,
+                    "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
+        traj = Trajectory.from_steps(
             np.concatenate(step_losses), np.concatenate(step_correct), sizes, len(bounds), val_loss, val_acc,
-            weights, self._meta(head, plan, data, device, masks),
-            history=None if history is None else _to_sigmoid_coordinates(torch.stack(history).cpu().numpy(), d),
-        )
+            weights, meta, history=None if history is None else _to_sigmoid_coordinates(
+                torch.stack(history).cpu().numpy(), int(layer.weight.shape[1])))
+        if as_network:
+            traj.body = [(from_torch_kernel(m.weight.detach().cpu().numpy()), m.bias.detach().cpu().numpy())
+                         for m in model.body_layers()]
+        return traj
 
     def _evaluate(self, head, layer, batch_loss, Xv, yv, yv_t):
         with torch.no_grad():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...heads import SOFTMAX, UNITS, Weights, from_torch_layout, hits
+from ...heads import UNITS, Weights
 from ...networks import GroupRates, Network
 from ...plan import Plan
 from ...trajectory import Trajectory
@@ -73,57 +73,5 @@ class TorchNetwork(nn.Module):
 
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
                   rates: GroupRates, device: str = "cpu") -> Trajectory:
-    from .._base import all_finite, batch_sizes, check_finite
-    from .ops import DTYPES, loss_fn
-
-    dev, dt = torch.device(device), DTYPES[plan.dtype]
-    model = TorchNetwork(net, body_init, head, dev, dt)
-    model.set_head(head_init)
-    body_params = [p for m in model.body_layers() for p in (m.weight, m.bias)]
-    groups = ([{"params": body_params, "lr": rates.body_lr, "weight_decay": rates.body_decay}] if body_params else [])
-    groups.append({"params": list(model.head.parameters()), "lr": rates.head_lr, "weight_decay": rates.head_decay})
-    opt = backend.make_optimizer(plan, groups)
-    batch_loss = loss_fn(head, plan)
-    X = torch.as_tensor(data.X_train, device=dev).to(dt)
-    y = torch.as_tensor(data.y_train, device=dev)
-    yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train), device=dev).to(dt)
-    Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
-    yv = torch.as_tensor(data.y_val, device=dev)
-    yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
-    sw = plan.sample_weights(data.y_train)  # class weights, as the head's loop applies them
-    sw = None if sw is None else torch.as_tensor(sw, device=dev).to(dt)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
-    n, width = len(data.y_train), net.dropout_widths[0]
-    bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
-    losses, correct, val_loss, val_acc = [], [], [], []
-    for epoch in range(plan.epochs):
-        order = torch.as_tensor(plan.batch_order(epoch, n), device=dev)
-        drawn = plan.epoch_masks(epoch, n, width)
-        scaled = None if drawn is None else torch.as_tensor(drawn, device=dev).to(dt) * plan.mask_scale
-        step_losses, step_right = [], []
-        for s, t in bounds:
-            idx = order[s:t]
-            with autocast:
-                z = model(X.index_select(0, idx), None if scaled is None else scaled[s:t])
-                loss = batch_loss(z, yt.index_select(0, idx), None if sw is None else sw.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step_losses.append(loss.detach().to(dt))
-            step_right.append(hits(head, z.detach(), y.index_select(0, idx)).sum())
-        losses.append(torch.stack(step_losses).cpu().numpy())
-        correct.append(torch.stack(step_right).cpu().numpy())
-        check_finite(backend.name, head, losses[-1], epoch * len(bounds),
-                     all_finite(*(p.detach().cpu().numpy() for p in model.parameters())))
-        with torch.no_grad(), autocast:
-            zv = model(Xv)
-            val_loss.append(float(batch_loss(zv, yv_t, None)))
-            val_acc.append(int(hits(head, zv, yv).sum()) / len(yv))
-    head_w = from_torch_layout(model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy())
-    meta = {"backend": backend.name, "head": head, "body": net.body, "device": str(dev), "dtype": plan.dtype,
-            "lr": plan.lr, "optimizer": plan.optimizer.label, "rates": rates.__dict__}
-    traj = Trajectory.from_steps(np.concatenate(losses), np.concatenate(correct), sizes, len(bounds), val_loss,
-                                 val_acc, head_w, meta)
-    traj.body = [(from_torch_kernel(m.weight.detach().cpu().numpy()), m.bias.detach().cpu().numpy())
-                 for m in model.body_layers()]
-    return traj
+    """A whole network: the backend's one loop (:meth:`equivtest.backends.torch.Backend.run`)."""
+    return backend.run(net, head, body_init, head_init, plan, data, rates, device)
