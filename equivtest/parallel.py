@@ -32,10 +32,9 @@ import os
 import pickle
 import tempfile
 
-import numpy as np
-
+from .backends._base import shard_bounds  # noqa: F401  (public here too: a rank's contiguous shard)
 from .errors import InputError
-from .heads import SOFTMAX, Weights
+from .heads import Weights
 from .plan import Plan
 from .trajectory import Trajectory
 
@@ -115,16 +114,6 @@ def close_workers() -> None:
     while _keras_workers:
         _, worker = _keras_workers.popitem()
         worker.close()
-
-
-def shard_bounds(s: int, t: int, world_size: int) -> list[tuple[int, int]]:
-    """The contiguous (start, stop) of each rank's shard of batch rows s..t (``numpy.array_split``)."""
-    sizes = [len(a) for a in np.array_split(np.arange(s, t), world_size)]
-    out, start = [], s
-    for k in sizes:
-        out.append((start, start + k))
-        start += k
-    return out
 
 
 def train(head: str, init: Weights, plan: Plan, data, world_size: int, *, weighted: bool = True,
@@ -296,12 +285,8 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
 
     import torch
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     from .backends import get
-    from .backends._base import batch_sizes, check_finite
-    from .backends.torch.ops import DTYPES, loss_fn
-    from .heads import hits
 
     own = not dist.is_initialized()  # under torchrun's entry point (main) the group outlives one run
     # a Conv2d over one input channel has a weight gradient whose strides are ambiguous (size-1 dimension);
@@ -317,94 +302,21 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
             dist.init_process_group("gloo", init_method="env://")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        be = get("torch")
-        dt = DTYPES[plan.dtype]
-        cpu = torch.device("cpu")
-        X = torch.as_tensor(data.X_train).to(dt)
-        y = torch.as_tensor(data.y_train)
-        yt = y if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_train)).to(dt)
-        n = len(data.y_train)
-        if network is None:
-            module = be.linear_layer(init, cpu, dt)
-            model = DDP(module)
-            opt = be.make_optimizer(plan, model.parameters())
-            width = X.shape[1]
-        else:
-            from .backends.torch.network import TorchNetwork
+        from .backends.torch import DataParallel
+        from .networks import GroupRates, Network
 
-            net, body_init, rates = network
-            module = TorchNetwork(net, body_init, head, cpu, dt)
-            module.set_head(init)
-            model = DDP(module)
-            body_params = [p for m in module.body_layers() for p in (m.weight, m.bias)]
-            groups = [{"params": body_params, "lr": rates.body_lr, "weight_decay": rates.body_decay}] \
-                if body_params else []
-            groups.append({"params": list(module.head.parameters()), "lr": rates.head_lr,
-                           "weight_decay": rates.head_decay})
-            opt = be.make_optimizer(plan, groups)
-            width = net.dropout_widths[0]
-        bounds, sizes = plan.batch_bounds(n), batch_sizes(plan, n)
-        scale = plan.mask_scale
-        losses, correct, val_loss, val_acc = [], [], [], []
-        loss_mean = loss_fn(head, plan)
-        sw = plan.sample_weights(data.y_train)  # class weights: each row's, as in one process
-        sw = None if sw is None else torch.as_tensor(np.asarray(sw)).to(dt)
-        # mixed precision as in one process: forward and loss under autocast, float32 weights
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
-        for epoch in range(plan.epochs):
-            order = torch.as_tensor(plan.batch_order(epoch, n))
-            keep = plan.epoch_masks(epoch, n, width)
-            if network is not None and keep is not None:  # the network's Dropout: scaled masks on activations
-                scaled = torch.as_tensor(keep).to(dt) * scale
-            for s, t in bounds:
-                a, b = shard_bounds(s, t, world)[rank]
-                idx = order[a:b]
-                xb = X.index_select(0, idx)
-                yb = yt.index_select(0, idx)
-                wb = None if sw is None else sw.index_select(0, idx)
-                k = b - a
-                with autocast:
-                    if network is None:
-                        if keep is not None:
-                            xb = (xb * dt_scalar(scale, dt)) * torch.as_tensor(keep[a:b]).to(dt)
-                        z = model(xb)
-                    else:
-                        z = model(xb, None if keep is None else scaled[a:b])
-                    # the sum of (weighted) per-sample losses
-                    shard_sum = (loss_mean(z, yb, wb) * k).to(dt) if k else z.sum().to(dt) * 0.0
-                loss = shard_sum * (world / (t - s)) if weighted else (shard_sum / k if k else shard_sum)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                stats = torch.stack([shard_sum.detach().to(torch.float64),
-                                     hits(head, z.detach(), y.index_select(0, idx)).sum().to(torch.float64)])
-                dist.all_reduce(stats)
-                losses.append(float(stats[0]) / (t - s))
-                correct.append(int(stats[1]))
-            first = epoch * len(bounds)
-            check_finite("torch", head, np.asarray(losses[first:]), first,
-                         all(bool(torch.isfinite(p).all()) for p in module.parameters()))
-            with torch.no_grad(), autocast:
-                Xv = torch.as_tensor(data.X_val).to(dt)
-                yv = torch.as_tensor(data.y_val)
-                zv = module(Xv)
-                yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val)).to(dt)
-                val_loss.append(float(loss_mean(zv, yv_t, None)))
-                val_acc.append(int(hits(head, zv, yv).sum()) / len(yv))
-        from .heads import from_torch_layout
-
-        last = module if network is None else module.head
-        weights = from_torch_layout(last.weight.detach().numpy(), last.bias.detach().numpy())
         meta = {"backend": "torch", "head": head, "dtype": plan.dtype, "lr": plan.lr,
                 "optimizer": plan.optimizer.label, "device": "cpu"}
-        if network is not None:
-            meta.update({"body": network[0].body, "rates": network[2].__dict__})
-        traj = Trajectory.from_steps(losses, correct, sizes, len(bounds), val_loss, val_acc, weights, meta)
-        if network is not None:
-            from .backends.torch.network import from_torch_kernel
-
-            traj.body = [(from_torch_kernel(m.weight.detach().numpy()), m.bias.detach().numpy())
-                         for m in module.body_layers()]
+        if network is None:  # the head: the network with body none, at the plan's rate and decay
+            net, body_init = Network("none", tuple(data.X_train.shape[1:])), []
+            rates = GroupRates(body_lr=0.0, head_lr=plan.lr, head_decay=plan.optimizer.weight_decay)
+        else:
+            net, body_init, rates = network
+            meta.update({"body": net.body, "rates": rates.__dict__})
+        ddp = DataParallel(rank, world, weighted)
+        traj = get("torch").run(net, head, body_init, init, plan, data, rates, "cpu", world=ddp, meta=meta)
+        if network is None:
+            traj.body = None
         if rank == 0 and out:
             with open(out + ".part", "wb") as f:  # our own temporary file: pickled whole, the body's weights too
                 pickle.dump(traj, f)
@@ -413,20 +325,13 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
         # DDP's Reducer holds the process group: freed from Python (a pybind dealloc that keeps the GIL) after
         # destroy_process_group, it would be the last owner, and the group's destructor would wait for gloo's
         # thread while that thread waits for the GIL to free its last work (seen: a rank hung for good).
-        # So the Reducer goes first, while the group is still registered.
-        del model
+        # So the Reducer goes first, while the group is still registered (run() leaves the model to ddp).
+        ddp.model = None
         gc.collect()
         return traj
     finally:
         if own:
             dist.destroy_process_group()
-
-
-def dt_scalar(value: float, dt):
-    """``value`` rounded once to the run's dtype (as the single-process path scales the features)."""
-    import torch
-
-    return torch.tensor(value, dtype=dt)
 
 
 def main(argv=None) -> int:

@@ -148,6 +148,16 @@ class BaseBackend:
         }
 
 
+def shard_bounds(s: int, t: int, world_size: int) -> list[tuple[int, int]]:
+    """The contiguous (start, stop) of each rank's shard of batch rows s..t (``numpy.array_split``)."""
+    sizes = [len(a) for a in np.array_split(np.arange(s, t), world_size)]
+    out, start = [], s
+    for k in sizes:
+        out.append((start, start + k))
+        start += k
+    return out
+
+
 def epoch_logs(losses, correct, sizes, val_loss, val_accuracy) -> dict:
     """One epoch's Keras-style figures from its steps' losses, correct counts and batch sizes."""
     loss, acc = epoch_figures(losses, correct, sizes, len(sizes))

@@ -20,6 +20,7 @@ import os
 import numpy as np
 import pytest
 
+from equivtest.backends._base import shard_bounds
 from equivtest.compare import (
     CONTROL_MARGIN,
     TOLERANCES,
@@ -30,7 +31,7 @@ from equivtest.data import Dataset
 from equivtest.errors import InputError
 from equivtest.heads import softmax_to_sigmoid
 from equivtest.networks import Network, group_rates
-from equivtest.parallel import check, engine, shard_bounds
+from equivtest.parallel import check, engine
 from equivtest.plan import Plan
 from equivtest.sources import digits, surrogate
 

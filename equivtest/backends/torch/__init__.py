@@ -31,7 +31,7 @@ from ...heads import (
 )
 from ...plan import Plan, tf32_requested
 from ...trajectory import Trajectory
-from .._base import BaseBackend, batch_sizes, check_finite, epoch_logs
+from .._base import BaseBackend, batch_sizes, check_finite, epoch_logs, shard_bounds
 from .ops import DTYPES, loss_fn
 
 
@@ -201,7 +201,49 @@ class _BodyInputs:
         drawn = self.plan.epoch_masks(epoch, len(order), self.width)
         scaled = None if drawn is None else torch.as_tensor(drawn, device=self.X.device).to(self.X.dtype) * \
             self.plan.mask_scale
-        yield ((self.X.index_select(0, order[s:t]), None if scaled is None else scaled[s:t]) for s, t in self.bounds)
+        yield (((self.X.index_select(0, order[s:t]), None if scaled is None else scaled[s:t]), order[s:t])
+               for s, t in self.bounds)
+
+
+class DataParallel:
+    """This process's place in a ``torch.distributed`` world, for :meth:`Backend.run`.
+
+    The model is wrapped in ``DistributedDataParallel``; each step trains this rank's contiguous shard of
+    the batch (:func:`shard_bounds`), its loss the shard's sum of per-sample losses scaled by
+    world / batch rows (``weighted``: DDP's mean of the ranks' gradients is then the batch's mean), or the
+    shard's own mean (the engine's plain mean of means, the negative control); each step's loss and correct
+    count are summed over the ranks.  ``model`` keeps the wrapped model after the run: its owner frees it
+    while the process group is still registered (see ``equivtest.parallel.worker``).
+    """
+
+    def __init__(self, rank: int, world_size: int, weighted: bool = True):
+        self.rank, self.world_size, self.weighted = rank, world_size, weighted
+        self.model = None
+
+
+class _ShardInputs:
+    """A rank's step inputs: its shard of each batch's rows, masked as one process masks them."""
+
+    def __init__(self, X, plan: Plan, bounds, width: int, head_only: bool, world: DataParallel):
+        self.X, self.plan, self.bounds, self.width, self.head_only, self.world = X, plan, bounds, width, head_only, world
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int, order):
+        X, plan, dt = self.X, self.plan, self.X.dtype
+        keep = plan.epoch_masks(epoch, len(order), self.width)
+        scale = torch.tensor(plan.mask_scale, dtype=dt)  # rounded once to the run's dtype, as _StepInputs
+        scaled = None if keep is None or self.head_only else torch.as_tensor(keep).to(dt) * plan.mask_scale
+
+        def steps():
+            for s, t in self.bounds:
+                a, b = shard_bounds(s, t, self.world.world_size)[self.world.rank]
+                xb = X.index_select(0, order[a:b])
+                if self.head_only:
+                    yield ((xb * scale) * torch.as_tensor(keep[a:b]).to(dt) if keep is not None else xb), order[a:b]
+                else:
+                    yield (xb, None if scaled is None else scaled[a:b]), order[a:b]
+
+        yield steps()
 
 
 class Backend(BaseBackend):
@@ -301,27 +343,37 @@ class Backend(BaseBackend):
                         meta=self._meta(head, plan, data, device, masks))
 
     def run(self, net, head, body_init, head_init: Weights, plan: Plan, data, rates, device="cpu", *,
-            masks="plan", callback=None, record_history=False, meta=None) -> Trajectory:
+            masks="plan", callback=None, record_history=False, meta=None, world: DataParallel | None = None
+            ) -> Trajectory:
         """The one PyTorch training loop: a body (``none``: the seed's head on features) and a head, one
-        optimizer with a parameter group each (its learning rate and weight decay), every plan option.
+        optimizer with a parameter group each (its learning rate and weight decay), every plan option, in
+        one process or, with ``world``, as one rank of ``DistributedDataParallel``.
 
-        Body ``none`` takes its inputs from :class:`_StepInputs` (on a CPU a worker thread gathers and
-        masks the next steps) and offers ``masks="native"`` (``nn.Dropout``); a body multiplies the
-        plan's masks in where its Dropout layer sits.  ``callback`` (per epoch) and ``record_history``
-        (the head's sigmoid coordinates after each step) apply to every body."""
+        In one process, body ``none`` takes its inputs from :class:`_StepInputs` (on a CPU a worker thread
+        gathers and masks the next steps) and offers ``masks="native"`` (``nn.Dropout``); a body multiplies
+        the plan's masks in where its Dropout layer sits.  ``callback`` (per epoch) and ``record_history``
+        (the head's sigmoid coordinates after each step) apply to every body and world."""
         from .network import TorchNetwork, from_torch_kernel
 
         dev = torch.device(device)
         dt = DTYPES[plan.dtype]
         head_only = net.body == "none"
-        if masks == "native" and not head_only:
-            raise ValueError("masks='native' is the head's (nn.Dropout before it); a body takes the plan's masks")
-        model = TorchNetwork(net, body_init, head, dev, dt)
-        model.set_head(head_init)
-        layer = model.head
-        body_params = [p for m in model.body_layers() for p in (m.weight, m.bias)]
+        if masks == "native" and (not head_only or world is not None):
+            raise ValueError("masks='native' is the head's in one process (nn.Dropout before it); a body or a "
+                             "data-parallel run takes the plan's masks")
+        module = TorchNetwork(net, body_init, head, dev, dt)
+        module.set_head(head_init)
+        layer = module.head
+        body_params = [p for m in module.body_layers() for p in (m.weight, m.bias)]
         groups = [{"params": body_params, "lr": rates.body_lr, "weight_decay": rates.body_decay}] if body_params else []
         groups.append({"params": list(layer.parameters()), "lr": rates.head_lr, "weight_decay": rates.head_decay})
+        if world is not None:
+            import torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            world.model = model = DDP(module)
+        else:
+            model = layer if head_only else module
         opt = self.make_optimizer(plan, groups)
         X = torch.as_tensor(data.X_train, device=dev).to(dt)
         y = torch.as_tensor(data.y_train, device=dev)
@@ -337,7 +389,9 @@ class Backend(BaseBackend):
         Xv = torch.as_tensor(data.X_val, device=dev).to(dt)
         yv = torch.as_tensor(data.y_val, device=dev)
         yv_t = yv if head == SOFTMAX else torch.as_tensor(plan.targets(data.y_val), device=dev).to(dt)
-        if head_only:
+        if world is not None:
+            inputs = _ShardInputs(X, plan, bounds, net.dropout_widths[0], head_only, world)
+        elif head_only:
             spare, self._spare = self._spare, None  # taken: two runs at once never share buffers
             inputs = _StepInputs(X, plan, bounds, masks == "plan", pipelined=self.pipelined, spare=spare)
         else:
@@ -347,44 +401,60 @@ class Backend(BaseBackend):
         # mixed precision as a PyTorch user writes it: forward and loss under autocast, float32 weights
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
         history = [] if record_history else None
-        forward = layer if head_only else model
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.native_seed)
             for epoch in range(plan.epochs):
                 order = torch.as_tensor(plan.batch_order(epoch, n), device=dev)
-                y_steps = yt.index_select(0, order).split(step_rows)
-                w_steps = [None] * len(bounds) if sw is None else sw.index_select(0, order).split(step_rows)
-                losses, logits = [], []
+                losses, logits, rights = [], [], []
                 with inputs.epoch(epoch, order) as x_steps:
-                    for xb, yb, wb in zip(x_steps, y_steps, w_steps):
+                    if isinstance(inputs, _StepInputs):  # the head's pipeline yields rows only
+                        x_steps = zip(x_steps, order.split(step_rows))
+                    for (xb, idx), (s, t) in zip(x_steps, bounds):
+                        yb = yt.index_select(0, idx)
+                        wb = None if sw is None else sw.index_select(0, idx)
                         if dropout is not None:
                             xb = dropout(xb)
                         with autocast:
-                            z = forward(*xb) if isinstance(xb, tuple) else forward(xb)
+                            z = model(*xb) if isinstance(xb, tuple) else model(xb)
                             loss = batch_loss(z, yb, wb)
+                            if world is not None:  # the shard's sum of (weighted) per-sample losses
+                                k = len(idx)
+                                shard_sum = (loss * k).to(dt) if k else z.sum().to(dt) * 0.0
+                                loss = shard_sum * (world.world_size / (t - s)) if world.weighted else (
+                                    shard_sum / k if k else shard_sum)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        losses.append(loss.detach())
-                        logits.append(z.detach())
+                        if world is None:
+                            losses.append(loss.detach())
+                            logits.append(z.detach())
+                        else:  # the batch's figures: every rank's shard summed
+                            stats = torch.stack([shard_sum.detach().to(torch.float64),
+                                                 hits(head, z.detach(), y.index_select(0, idx)).sum().to(torch.float64)])
+                            dist.all_reduce(stats)
+                            losses.append(float(stats[0]) / (t - s))
+                            rights.append(int(stats[1]))
                         if history is not None:
                             history.append(torch.cat([layer.weight.detach().T, layer.bias.detach()[None]])
                                            .flatten().clone())
-                # accuracy from the epoch's logits at once (before each update, with dropout, as Keras counts)
-                losses = torch.stack(losses).to(dt)  # an autocast loss may come back in another dtype
-                right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
-                step_losses.append(losses.cpu().numpy())
+                if world is None:
+                    # accuracy from the epoch's logits at once (before each update, with dropout, as Keras counts)
+                    right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
+                    step_losses.append(torch.stack(losses).to(dt).cpu().numpy())  # autocast: maybe another dtype
+                else:
+                    right = np.asarray(rights)
+                    step_losses.append(np.asarray(losses, dtype=np.float64))
                 check_finite(self.name, head, step_losses[-1], epoch * len(bounds),
-                             all(bool(torch.isfinite(p).all()) for p in model.parameters()))
+                             all(bool(torch.isfinite(p).all()) for p in module.parameters()))
                 step_correct.append(right)
                 with autocast:
-                    vl, va = self._evaluate(head, model, batch_loss, Xv, yv, yv_t)
+                    vl, va = self._evaluate(head, module, batch_loss, Xv, yv, yv_t)
                 val_loss.append(vl)
                 val_acc.append(va)
                 if callback is not None:
                     callback(epoch, epoch_logs(step_losses[-1], right, sizes[: len(bounds)], vl, va))
         weights = from_torch_layout(layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy())
-        if head_only:
+        if isinstance(inputs, _StepInputs):
             self._spare = inputs.spare()
         as_network = meta is None  # called as a network (train_network), not as the head's train()
         if as_network:
@@ -394,9 +464,9 @@ class Backend(BaseBackend):
             np.concatenate(step_losses), np.concatenate(step_correct), sizes, len(bounds), val_loss, val_acc,
             weights, meta, history=None if history is None else _to_sigmoid_coordinates(
                 torch.stack(history).cpu().numpy(), int(layer.weight.shape[1])))
-        if as_network:
+        if as_network or (world is not None and not head_only):
             traj.body = [(from_torch_kernel(m.weight.detach().cpu().numpy()), m.bias.detach().cpu().numpy())
-                         for m in model.body_layers()]
+                         for m in module.body_layers()]
         return traj
 
     def _evaluate(self, head, layer, batch_loss, Xv, yv, yv_t):
