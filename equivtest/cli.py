@@ -238,7 +238,7 @@ class Progress:
     def __init__(self, stream, quiet: bool):
         self.total, self.done, self.stream, self.quiet = 0, 0, stream, quiet
         self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self._live = self._task = None
+        self._live = self._task = self._steps = None
         if not quiet and self.tty:
             from rich.console import Console
             from rich.progress import (
@@ -273,6 +273,22 @@ class Progress:
     def run(self, backend: str, run: str):
         if self._task is not None:
             self._live.update(self._task, description=f"training {backend} {run}")
+        if self._steps is not None:
+            self._live.update(self._steps, visible=False)
+
+    @property
+    def shows_steps(self) -> bool:
+        """Whether :meth:`step` shows anything (a live display): the run passes its step hook only then."""
+        return self._live is not None
+
+    def step(self, backend: str, run: str, epoch: int, step: int, steps: int) -> None:
+        """A bar over the current epoch's steps, under the bar over all epochs (terminal only)."""
+        if self._live is None:
+            return
+        what = f"  epoch {epoch + 1} steps"
+        if self._steps is None:
+            self._steps = self._live.add_task(what, total=steps)
+        self._live.update(self._steps, description=what, total=steps, completed=step, visible=True)
 
     def epoch(self, backend: str, run: str, epoch: int, logs: dict, epochs: int):
         self.done += 1
@@ -416,7 +432,8 @@ def _run(args, interrupts: Interrupts | None, prog: Progress) -> int:
     else:
         res = run_experiment(
             dataset, plan, names, device=args.device, masks=args.masks, lr_factor=args.lr_factor,
-            on_run=prog.run, on_epoch=on_epoch, data_parallel=args.data_parallel,
+            on_run=prog.run, on_epoch=on_epoch, on_step=prog.step if prog.shows_steps else None,
+            data_parallel=args.data_parallel,
         )
     plots = []
     if not args.no_plots and not res.interrupted:

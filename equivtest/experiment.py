@@ -153,16 +153,32 @@ def run_specs(plan: Plan, d: int, masks: str = "shared", factor: float | None = 
     ]
 
 
+class _RunCallback:
+    """A backend's training callback for one run: ``on_epoch(backend, run, epoch, logs)`` after each epoch and,
+    where given, ``on_step(backend, run, epoch, step, steps)`` after each step (the loops that step in Python,
+    NumPy's and torch's, call it; Keras runs an epoch as one compiled execution)."""
+
+    def __init__(self, backend: str, run: str, on_epoch, on_step=None):
+        self.backend, self.run, self.on_epoch = backend, run, on_epoch
+        if on_step is not None:
+            self.step = lambda e, s, k: on_step(backend, run, e, s, k)
+
+    def __call__(self, epoch, logs):
+        if self.on_epoch is not None:
+            self.on_epoch(self.backend, self.run, epoch, logs)
+
+
 def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str = "cpu", masks: str = "shared",
-                   lr_factor: float | None = None, on_epoch=None, on_run=None,
+                   lr_factor: float | None = None, on_epoch=None, on_run=None, on_step=None,
                    data_parallel: int = 1) -> ExperimentResult:
     """Run the three heads on every backend named, then compute every check.
 
     ``data_parallel`` > 1 trains each run on that many CPU workers with the
     backend's own engine (:mod:`equivtest.parallel`: torch, keras, keras-jax).
 
-    ``on_run(backend, run)`` is called before each run and ``on_epoch(backend,
-    run, epoch, logs)`` after each epoch.  A ``KeyboardInterrupt`` stops the runs;
+    ``on_run(backend, run)`` is called before each run, ``on_epoch(backend,
+    run, epoch, logs)`` after each epoch and ``on_step(backend, run, epoch, step,
+    steps)`` after each step where the backend's loop steps in Python.  A ``KeyboardInterrupt`` stops the runs;
     the result holds what finished, with ``interrupted=True``.
     """
     t0 = time.perf_counter()
@@ -181,7 +197,7 @@ def run_experiment(dataset: Dataset, plan: Plan, backend_names, *, device: str =
             for name, head, init, p in specs:
                 if on_run:
                     on_run(be.name, name)
-                cb = (lambda e, logs, _b=be.name, _n=name: on_epoch(_b, _n, e, logs)) if on_epoch else None
+                cb = _RunCallback(be.name, name, on_epoch, on_step) if on_epoch or on_step else None
                 try:
                     if data_parallel > 1:
                         from . import parallel

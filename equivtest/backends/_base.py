@@ -148,6 +148,12 @@ class BaseBackend:
         }
 
 
+def step_hook(callback):
+    """The per-step hook of a training ``callback``: ``callback.step(epoch, step, steps)`` with ``step`` counted
+    from 1 (as Keras prints steps), or None.  A plain function is an epoch callback only."""
+    return getattr(callback, "step", None)
+
+
 def shard_bounds(s: int, t: int, world_size: int) -> list[tuple[int, int]]:
     """The contiguous (start, stop) of each rank's shard of batch rows s..t (``numpy.array_split``)."""
     sizes = [len(a) for a in np.array_split(np.arange(s, t), world_size)]

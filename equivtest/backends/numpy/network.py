@@ -97,7 +97,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     apply to every body, as every plan option does (class weights, label smoothing, focal loss, decay).
     """
     from ...heads import sigmoid_coordinates
-    from .._base import all_finite, batch_sizes, check_finite, epoch_logs
+    from .._base import all_finite, batch_sizes, check_finite, epoch_logs, step_hook
     from .ops import OptimizerState, loss_and_grad, weights_and_gamma
 
     dt = np.dtype(plan.dtype)
@@ -121,10 +121,11 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     buf = np.empty((plan.batch_size,) + X.shape[1:], dtype=dt) if head_only else None
     losses, correct, val_loss, val_acc = [], [], [], []
     history = [] if record_history else None
+    on_step = step_hook(callback)
     for epoch in range(plan.epochs):
         order = plan.batch_order(epoch, n)
         drawn = [mask_plan.epoch_masks(epoch, n, w, layer=i) for i, w in enumerate(net.dropout_widths)]
-        for s, t in bounds:
+        for step, (s, t) in enumerate(bounds, 1):
             idx = order[s:t]
             if head_only:  # x * scale where kept, else 0, in place
                 h = np.take(X, idx, axis=0, out=buf[: t - s])
@@ -146,6 +147,8 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
                 opt_body.step(grads)
             if history is not None:
                 history.append(sigmoid_coordinates(kh, bh))
+            if on_step is not None:
+                on_step(epoch, step, len(bounds))
         check_finite(backend.name, head, [], len(losses), all_finite(kh, bh, *flat_body))
         hv = Xv if head_only else forward(net, body, Xv, [None] * len(net.dropout_widths))[0]
         vl, vr, _ = loss_and_grad(head, hv @ kh + bh, yv, Tv, Wv, grad=False, gamma=gamma)

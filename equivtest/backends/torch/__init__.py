@@ -31,7 +31,7 @@ from ...heads import (
 )
 from ...plan import Plan, tf32_requested
 from ...trajectory import Trajectory
-from .._base import BaseBackend, batch_sizes, check_finite, epoch_logs, shard_bounds
+from .._base import BaseBackend, batch_sizes, check_finite, epoch_logs, shard_bounds, step_hook
 from .ops import DTYPES, loss_fn
 
 
@@ -401,6 +401,7 @@ class Backend(BaseBackend):
         # mixed precision as a PyTorch user writes it: forward and loss under autocast, float32 weights
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.autocast == "bfloat16")
         history = [] if record_history else None
+        on_step = step_hook(callback)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(plan.native_seed)
             for epoch in range(plan.epochs):
@@ -409,7 +410,7 @@ class Backend(BaseBackend):
                 with inputs.epoch(epoch, order) as x_steps:
                     if isinstance(inputs, _StepInputs):  # the head's pipeline yields rows only
                         x_steps = zip(x_steps, order.split(step_rows))
-                    for (xb, idx), (s, t) in zip(x_steps, bounds):
+                    for step, ((xb, idx), (s, t)) in enumerate(zip(x_steps, bounds), 1):
                         yb = yt.index_select(0, idx)
                         wb = None if sw is None else sw.index_select(0, idx)
                         if dropout is not None:
@@ -437,6 +438,8 @@ class Backend(BaseBackend):
                         if history is not None:
                             history.append(torch.cat([layer.weight.detach().T, layer.bias.detach()[None]])
                                            .flatten().clone())
+                        if on_step is not None:
+                            on_step(epoch, step, len(bounds))
                 if world is None:
                     # accuracy from the epoch's logits at once (before each update, with dropout, as Keras counts)
                     right = _correct_per_step(head, torch.cat(logits), y.index_select(0, order), sizes[: len(bounds)])
