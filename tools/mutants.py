@@ -46,6 +46,11 @@ MUTANTS = (
            'regs = [keras.regularizers.L2(decay / 2) if decay and kind == "tensorflow" else None for decay in decays]',
            "regs = [None, None]",
            ("equivtest/suite/test_composition.py", "--run-slow", "-k", "coupled and mlp and keras"), backends="keras"),
+    Mutant("Keras network loop drops class weights", "equivtest/backends/keras/network.py",
+           "loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's",
+           "loss = loss_fn(y, p)",
+           ("equivtest/suite/test_networks.py", "--run-slow", "-k",
+            "follows_the_oracle and keras and mlp and float32 and class"), backends="keras"),
     # equivtest convert / verify (tests/test_convert.py)
     Mutant("converted bias left as b1", "equivtest/convert/core.py",
            "stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, bdt)",

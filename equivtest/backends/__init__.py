@@ -62,9 +62,8 @@ class BackendInfo:
         )
 
 
-#: Keras's network loops (a train_step with one optimizer per group) take no class weights or mixed precision yet
-_KERAS_NETWORK_REFUSALS = (("class weights", "its whole-network loop has no class weights yet"),
-                           ("autocast", "its whole-network loop trains in the plan's dtype only"))
+#: Keras's network loops (a train_step with one optimizer per group) take no mixed precision yet
+_KERAS_NETWORK_REFUSALS = (("autocast", "its whole-network loop trains in the plan's dtype only"),)
 
 #: load order matters: torch before tensorflow
 REGISTRY: dict[str, BackendInfo] = {

@@ -106,10 +106,10 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             def train_step(self, batch):
                 import torch
 
-                (x, m), y = batch
+                (x, m), y, sw = keras.utils.unpack_x_y_sample_weight(batch)
                 self.zero_grad()
                 p = self((x, m), training=True)
-                loss = loss_fn(y, p)
+                loss = loss_fn(y, p, sample_weight=sw)
                 total = loss + sum(self.losses) if self.losses else loss
                 total.backward()
                 grads = [v.value.grad for v in body_vars + head_vars]
@@ -129,10 +129,10 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             """``fit`` with one optimizer per parameter group (Keras's documented train_step override)."""
 
             def train_step(self, batch):
-                (x, m), y = batch
+                (x, m), y, sw = keras.utils.unpack_x_y_sample_weight(batch)
                 with tf.GradientTape() as tape:
                     p = self((x, m), training=True)
-                    loss = loss_fn(y, p)
+                    loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's
                     total = loss + (tf.add_n(self.losses) if self.losses else 0.0)
                 grads = tape.gradient(total, body_vars + head_vars)
                 if body_vars:
@@ -150,6 +150,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         model.compile(jit_compile=False)
         set_initial(body, dense, body_init, head_init, dt)
         X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
+        sw = row_weights(plan, data, dt)
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
@@ -157,8 +158,8 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             if kind == "tensorflow":
                 record["step"].assign(0)
             eager_record.clear()
-            model.fit([X[order], masks], Y[order], batch_size=plan.batch_size, epochs=1,
-                      shuffle=False, verbose=0)
+            model.fit([X[order], masks], Y[order], sample_weight=None if sw is None else sw[order],
+                      batch_size=plan.batch_size, epochs=1, shuffle=False, verbose=0)
             if kind == "tensorflow":
                 losses.append(record["loss"].numpy().copy())
                 correct.append(record["right"].numpy().copy())
@@ -199,6 +200,7 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
                                 coupled_decays(plan, rates)))
         state = JaxState.of(model, body_opt if body_vars else None, head_opt)
         X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
+        sw = row_weights(plan, data, dt)
         losses, correct, val_loss, val_acc = [], [], [], []
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
@@ -206,7 +208,8 @@ def _train_network_jax(backend, net: Network, head: str, body_init, head_init: W
             ls, cs = [], []
             for s, t in plan.batch_bounds(n):
                 idx = order[s:t]
-                loss, c, *state.values = step(*state.values, X[idx], masks[s:t], Y[idx])
+                loss, c, *state.values = step(*state.values, X[idx], masks[s:t], Y[idx],
+                                              None if sw is None else sw[idx])
                 ls.append(loss)
                 cs.append(c)
             losses.append(np.asarray(jax.device_get(ls), dtype=np.float64))
@@ -285,9 +288,9 @@ def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str
     ib, ih = [order_of[id(v)] for v in body_vars], [order_of[id(v)] for v in head_vars]
     penalties = [(decay / 2, idx) for decay, idx in zip(decays, (ib, ih)) if decay and idx]
 
-    def loss_of(tv, ntv, x, m, y):
+    def loss_of(tv, ntv, x, m, y, w):
         p, ntv = model.stateless_call(tv, ntv, [x, m], training=True)
-        loss = loss_fn(y, p)
+        loss = loss_fn(y, p, sample_weight=w)
         total = loss
         for half, idx in penalties:
             total = total + half * sum(jnp.sum(jnp.square(tv[i])) for i in idx)
@@ -295,8 +298,8 @@ def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
-    def step(tv, ntv, bov, hov, x, m, y):
-        (_, (loss, p, ntv)), grads = grad_fn(tv, ntv, x, m, y)
+    def step(tv, ntv, bov, hov, x, m, y, w=None):
+        (_, (loss, p, ntv)), grads = grad_fn(tv, ntv, x, m, y, w)
         tv = list(tv)
         if ib:
             new_b, bov = body_opt.stateless_apply(bov, [grads[i] for i in ib], [tv[i] for i in ib])
@@ -329,6 +332,13 @@ class JaxState:
         """The trained values into the model's variables."""
         for v, value in zip(self.model.trainable_variables, self.values[0]):
             v.assign(value)
+
+
+def row_weights(plan: Plan, data, dt: str) -> np.ndarray | None:
+    """Each training row's class weight in the run's dtype (Keras weighs a row's loss by it and divides the
+    sum by the batch size, as the head's ``class_weight=`` does), or None without class weights."""
+    sw = plan.sample_weights(data.y_train)
+    return None if sw is None else np.asarray(sw, dtype=dt)
 
 
 def scaled_masks(plan: Plan, epoch: int, n: int, width: int, dt: str) -> np.ndarray:
