@@ -187,6 +187,7 @@ def reloads_as_one_logit(fmt, src, out) -> None:
         with _quiet():
             a, b = keras.saving.load_model(str(src)), keras.saving.load_model(str(out))
         assert b.layers[-1].units == 1 and b.layers[-1].get_config()["activation"] == "sigmoid"
+        assert type(b) is type(a)  # a Sequential stays a Sequential
         assert b.layers[-1].name == a.layers[-1].name
         body = lambda m: [lay for lay in m.layers[:-1] if not isinstance(lay, keras.layers.InputLayer)]  # noqa: E731
         assert [lay.name for lay in body(a)] == [lay.name for lay in body(b)]

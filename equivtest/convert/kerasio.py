@@ -170,8 +170,13 @@ def converted_model(head: KerasHead, conv: Converted, *, to: str):
     # the same layer in all but its width and activation: initializers, regularizers, constraints, dtype policy
     config = dict(d.get_config(), units=k_new, activation=act)
     new = type(d).from_config(config)
-    out = new(d.input)
-    model = keras.Model(head.model.inputs, out, name=head.model.name)
+    if isinstance(head.model, keras.Sequential):  # a Sequential stays one: its layers, then the new head
+        kept = [lay for lay in head.model.layers if lay is not d and lay is not head.after]
+        inp = head.model.inputs[0]
+        model = keras.Sequential([keras.Input(batch_shape=inp.shape, dtype=inp.dtype)] + kept + [new],
+                                 name=head.model.name)
+    else:  # a functional model: the same graph up to the head's input, then the new head
+        model = keras.Model(head.model.inputs, new(d.input), name=head.model.name)
     kdtype = d.kernel.dtype
     new.kernel.assign(np.asarray(conv.weight.T, dtype=np.float32 if "bfloat16" in str(kdtype) else kdtype))
     if d.bias is not None:
