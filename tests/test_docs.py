@@ -38,6 +38,8 @@ STATED = [
     (r"\((\S+) in float32, \S+ in float64\)", README, TOLERANCES["float32"]["atol"]),
     (r"\(\S+ in float32, (\S+) in float64\)", README, TOLERANCES["float64"]["atol"]),
     (r"at least (\d+) x the tolerance", README, CONTROL_MARGIN),
+    (r"max \|dp\| \((\S+) in float32", README, PROBA_TOLERANCES["float32"]["atol"]),
+    (r"in float32,\s+(\S+) in float64, plus", README, PROBA_TOLERANCES["float64"]["atol"]),
 ]
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from .core import ConversionError, Converted, Rounding, convert_weights, round_to
 
-__all__ = ["ConversionError", "Converted", "Rounding", "convert_weights", "round_to",
-           "convert", "verify", "assert_converted", "load_model", "detect_format"]
+#: the file-level API, imported on first use (it is larger than the arithmetic)
+_API = ("convert", "verify", "assert_converted", "load_model", "detect_format", "ConversionResult", "VerifyResult")
+__all__ = ["ConversionError", "Converted", "Rounding", "convert_weights", "round_to", *_API]
 
 
-def __getattr__(name):  # the file-level API, imported on first use (it is larger than the arithmetic)
-    if name in ("convert", "verify", "assert_converted", "load_model", "detect_format", "ConversionResult",
-                "VerifyResult"):
+def __getattr__(name):
+    if name in _API:
         from . import api
 
         return getattr(api, name)

@@ -178,8 +178,6 @@ def _convert_tensors(src, out, fmt, *, to, split, layer, overwrite):
 class WeightsModel:
     """A head stored in a weights-only file, applied with torch on features at the layer's input."""
 
-    weights_only = True
-
     def __init__(self, path, fmt: str, layer: str | None = None):
         from . import tensors as T
 
@@ -218,7 +216,7 @@ def load_model(path, layer: str | None = None):
         m = OnnxModel(path, layer)
     else:
         m = WeightsModel(path, fmt, layer)
-    m.format = fmt
+    m.format, m.weights_only = fmt, FORMATS[fmt].weights_only  # what the format is, declared once
     return m
 
 
@@ -433,11 +431,7 @@ def verify(original, converted, features, *, layer: str | None = None, converted
     n_items = len(h)
     store = core.storage_logit_bound(h, b.weight, b.bias, b.dtype) if b.dtype in HALF else np.zeros(n_items)
 
-    def arith(m):
-        s = np.abs(h) @ np.abs(m.weight).T + (0 if m.bias is None else np.abs(m.bias))
-        return (d + 2) * u_c * s.sum(axis=1)
-
-    logit_bound = store + arith(a) + arith(b)
+    logit_bound = store + _dot_bound(h, a, u_c) + _dot_bound(h, b, u_c)
     dp = np.abs(p_a - p_b)
     dz = np.abs(l_a - l_b)
     if compute in PROBA_TOLERANCES:
@@ -473,6 +467,13 @@ def verify(original, converted, features, *, layer: str | None = None, converted
                         time.perf_counter() - t0)
 
 
+def _dot_bound(h: np.ndarray, m, u: float) -> np.ndarray:
+    """Per item, the most a head's logit can be off when computed with unit roundoff ``u``: each dot
+    product of d + 1 terms is within (d + 2) u sum|x w| of exact (summed over a two-row head's rows)."""
+    s = np.abs(h) @ np.abs(m.weight).T + (0 if m.bias is None else np.abs(m.bias))
+    return (m.weight.shape[1] + 2) * u * s.sum(axis=1)
+
+
 def _stored_check(a, b, h_a: np.ndarray, h_b: np.ndarray) -> VerifyCheck:
     """The conversion itself, apart from any framework's arithmetic: both stored heads applied in float64.
 
@@ -480,13 +481,11 @@ def _stored_check(a, b, h_a: np.ndarray, h_b: np.ndarray) -> VerifyCheck:
     differ by at most the storage's ``u sum|x beta|`` (:func:`core.storage_logit_bound`) plus float64's own
     rounding of the two dot products; a slip in the conversion (a sign, a bias) shows here even when the
     models compute in bfloat16, whose arithmetic the check on p must allow for."""
-    d = a.weight.shape[1]
     za = _logit(h_a @ a.weight.T + (0 if a.bias is None else a.bias), a.units)
     zb = _logit(h_b @ b.weight.T + (0 if b.bias is None else b.bias), b.units)
     u = UNIT_ROUNDOFF[b.dtype]
-    arith = (d + 2) * UNIT_ROUNDOFF["float64"] * (
-        (np.abs(h_a) @ np.abs(a.weight).T).sum(axis=1) + (np.abs(h_b) @ np.abs(b.weight).T).sum(axis=1)
-        + (0 if a.bias is None else np.abs(a.bias).sum()) + (0 if b.bias is None else np.abs(b.bias).sum()))
+    u64 = UNIT_ROUNDOFF["float64"]
+    arith = _dot_bound(h_a, a, u64) + _dot_bound(h_b, b, u64)
     # the bound is taken on the stored beta: |beta| <= |stored| / (1 - u), hence the (1 + 2u)
     bound = core.storage_logit_bound(h_b, b.weight, b.bias, b.dtype) * (1 + 2 * u) + arith
     gap = np.abs(za - zb)

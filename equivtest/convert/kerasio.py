@@ -177,10 +177,11 @@ def converted_model(head: KerasHead, conv: Converted, *, to: str):
                                  name=head.model.name)
     else:  # a functional model: the same graph up to the head's input, then the new head
         model = keras.Model(head.model.inputs, new(d.input), name=head.model.name)
-    kdtype = d.kernel.dtype
-    new.kernel.assign(np.asarray(conv.weight.T, dtype=np.float32 if "bfloat16" in str(kdtype) else kdtype))
+    # NumPy has no bfloat16: such values go in as float32, exact there, and Keras stores them back exactly
+    kdtype = np.float32 if "bfloat16" in str(d.kernel.dtype) else d.kernel.dtype
+    new.kernel.assign(np.asarray(conv.weight.T, dtype=kdtype))
     if d.bias is not None:
-        new.bias.assign(np.asarray(conv.bias, dtype=np.float32 if "bfloat16" in str(kdtype) else kdtype))
+        new.bias.assign(np.asarray(conv.bias, dtype=kdtype))
     return model
 
 
@@ -197,8 +198,6 @@ def convert(path, out, *, to: str, split: str, layer: str | None):
 
 class KerasModel:
     """A Keras model evaluated on features at its input: p(class 1), the logit, the head's input."""
-
-    weights_only = False
 
     def __init__(self, path, layer: str | None = None):
         self.path = path

@@ -80,10 +80,6 @@ class OnnxHead:
             b = np.asarray(numpy_helper.to_array(self._init(self.b_name)), dtype=np.float64).reshape(-1) * self.scale[1]
         return w64.copy(), b, dtype
 
-    @property
-    def units(self) -> int:
-        return int(self.weights()[0].shape[0])
-
 
 def _attr(node, name, default):
     from onnx import helper
@@ -152,7 +148,7 @@ def find_head(path, model, *, units=(1, 2)) -> OnnxHead:
     return head
 
 
-def converted_model(head: OnnxHead, conv: Converted, *, to: str, dtype: str):
+def converted_model(head: OnnxHead, conv: Converted, *, to: str):
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
@@ -200,7 +196,7 @@ def convert(path, out, *, to: str, split: str, layer: str | None):
                                     f"{head.matmul.op_type} '{head.matmul.name}' with weight '{head.w_name}')")
     w, b, dtype = head.weights()
     conv = convert_weights(w, b, to=to, split=split, dtype=dtype)
-    new = converted_model(head, conv, to=to, dtype=dtype)
+    new = converted_model(head, conv, to=to)
     with atomic.atomic_path(out) as tmp:
         onnx.save(new, str(tmp))
     return head, conv
@@ -220,17 +216,15 @@ def _session(model):
 class OnnxModel:
     """An ONNX model run with ONNX Runtime: p(class 1), the logit, the head's input."""
 
-    weights_only = False
-
     def __init__(self, path, layer: str | None = None):
         from onnx import helper
 
         self.path = path
         self.model = load(path)
         self.head = find_head(path, self.model)
-        self.units = self.head.units
         self.activation = self.head.activation
         self.weight, self.bias, self.dtype = self.head.weights()
+        self.units = int(self.weight.shape[0])
         self.compute_dtype = self.dtype  # ONNX Runtime computes in the initializers' dtype
         self.layer = self.head.matmul.name or self.head.w_name
         g = self.model.graph
