@@ -17,13 +17,32 @@ def test_a_declared_refusal_is_one_line_naming_backend_option_and_reason():
     assert refusal("torch", Plan(optimizer="adam")) is None
 
 
-def test_data_parallel_refusals_apply_to_more_than_one_worker_only():
-    p = Plan(class_weight=(1.0, 3.0))
-    assert refusal("keras", p) is None
-    assert refusal("keras", p, world_size=2) == ("backend 'keras' does not offer class weights on 2 workers: "
-                                                 "its data-parallel path has no class weights yet")
+def test_data_parallel_and_network_refusals_apply_only_where_declared(monkeypatch):
+    """What a backend declares for N workers or whole networks only: refused there, offered elsewhere.  (No
+    backend declares such a refusal today: every option composes; the mechanism stays for the next one.)"""
+    import dataclasses
+
+    from equivtest import backends
+
+    declared = dataclasses.replace(backends.REGISTRY["keras"], refuses_parallel=(("class weights", "reason A"),),
+                                   refuses_network=(("autocast", "reason B"),))
+    monkeypatch.setitem(backends.REGISTRY, "keras", declared)
+    weighted, mixed = Plan(class_weight=(1.0, 3.0)), Plan(autocast="bfloat16")
+    assert refusal("keras", weighted) is None and refusal("keras", weighted, network=True) is None
+    assert refusal("keras", weighted, world_size=2) == "backend 'keras' does not offer class weights on 2 workers: reason A"
+    assert refusal("keras", mixed) is None and refusal("keras", mixed, world_size=2) is None
+    assert refusal("keras", mixed, network=True) == "backend 'keras' does not offer autocast for whole networks: reason B"
     assert "float64" in refusal("keras-torch", Plan(dtype="float64"))
     assert "no bfloat16 autocast" in refusal("numpy", Plan(autocast="bfloat16"))
+
+
+def test_every_option_composes_on_every_engine_and_body():
+    """The registry declares no N-worker or whole-network refusal: the composition matrix and the network
+    matrix run every such cell (they skip only what is declared)."""
+    from equivtest.backends import REGISTRY
+
+    assert {n: (bi.refuses_parallel, bi.refuses_network) for n, bi in REGISTRY.items()} == \
+        {n: ((), ()) for n in REGISTRY}
 
 
 class _LostAdam:

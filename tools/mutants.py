@@ -42,15 +42,23 @@ class Mutant:
 
 
 MUTANTS = (
-    Mutant("Keras data-parallel network drops coupled decay", "equivtest/backends/keras/parallel.py",
-           'regs = [keras.regularizers.L2(decay / 2) if decay and kind == "tensorflow" else None for decay in decays]',
+    Mutant("Keras network drops coupled decay", "equivtest/backends/keras/network.py",
+           'regs = [keras.regularizers.L2(decay / 2) if decay and kind != "jax" else None for decay in decays]',
            "regs = [None, None]",
            ("equivtest/suite/test_composition.py", "--run-slow", "-k", "coupled and mlp and keras"), backends="keras"),
     Mutant("Keras network loop drops class weights", "equivtest/backends/keras/network.py",
-           "loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's",
-           "loss = loss_fn(y, p)",
+           "w = None if class_w is None else class_w[order]", "w = None",
            ("equivtest/suite/test_networks.py", "--run-slow", "-k",
             "follows_the_oracle and keras and mlp and float32 and class"), backends="keras"),
+    Mutant("Keras replicas' weighted sums divided again by their shard's size", "equivtest/backends/keras/network.py",
+           'loss_fn = keras_loss(head, plan, "sum" if scaled else "sum_over_batch_size")',
+           'loss_fn = keras_loss(head, plan, "sum_over_batch_size")',
+           ("equivtest/suite/test_parallel.py", "-k", "workers_follow_one_worker and keras and not jax and float32"),
+           backends="keras"),
+    Mutant("Keras network trains in float32 when bfloat16 autocast is asked", "equivtest/backends/keras/network.py",
+           "inputs, body, dense, out = build(net, head, dt, *regs, autocast=plan.autocast)",
+           "inputs, body, dense, out = build(net, head, dt, *regs)",
+           ("equivtest/suite/test_mixed_precision.py", "--run-slow", "-k", "network and sgd"), backends="keras"),
     # equivtest convert / verify (tests/test_convert.py)
     Mutant("converted bias left as b1", "equivtest/convert/core.py",
            "stored_w, stored_b = round_to(exact_w, dtype), round_to(exact_b, bdt)",

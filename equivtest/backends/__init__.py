@@ -62,9 +62,6 @@ class BackendInfo:
         )
 
 
-#: Keras's network loops (a train_step with one optimizer per group) take no mixed precision yet
-_KERAS_NETWORK_REFUSALS = (("autocast", "its whole-network loop trains in the plan's dtype only"),)
-
 #: load order matters: torch before tensorflow
 REGISTRY: dict[str, BackendInfo] = {
     "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",),
@@ -76,23 +73,16 @@ REGISTRY: dict[str, BackendInfo] = {
     "keras": BackendInfo("keras", "equivtest.backends.keras.tensorflow", ("tensorflow", "keras"), "tensorflow", "tensorflow",
                          ("cpu", "cuda"), epsilon_convention="keras",
                          distributions=("keras", "tensorflow", "tensorflow-cpu"),
-                         data_parallel="tf.distribute.MirroredStrategy",
-                         refuses_network=_KERAS_NETWORK_REFUSALS,
-                         refuses_parallel=(("class weights", "its data-parallel path has no class weights yet"),
-                                           ("autocast", "its data-parallel path trains in the plan's dtype only"))),
+                         data_parallel="tf.distribute.MirroredStrategy"),
     # Keras 3 on other frameworks, each in a worker process of its own (opt-in: name them); fed float64
     # they train at float32 precision, so they do not claim it
     "keras-torch": BackendInfo("keras-torch", "equivtest.backends.keras.worker", ("keras", "torch"), "keras-torch",
                                "keras", float64=False, epsilon_convention="keras",
-                               distributions=("keras", "torch"), worker_process=True,
-                               refuses_network=_KERAS_NETWORK_REFUSALS),
+                               distributions=("keras", "torch"), worker_process=True),
     "keras-jax": BackendInfo("keras-jax", "equivtest.backends.keras.worker", ("keras", "jax"), "keras-jax",
                              "keras", float64=False, epsilon_convention="keras",
                              distributions=("keras", "jax", "jaxlib"), worker_process=True,
-                             data_parallel="keras.distribution.DataParallel",
-                             refuses_network=_KERAS_NETWORK_REFUSALS,
-                             refuses_parallel=(("class weights", "its data-parallel path has no class weights yet"),
-                                               ("autocast", "its data-parallel path trains in the plan's dtype only"))),
+                             data_parallel="keras.distribution.DataParallel"),
 }
 NAMES = tuple(REGISTRY)
 #: what "every installed backend" means when none is named; the process-isolated Keras ones are opt-in

@@ -87,11 +87,9 @@ def dp_backend(backend):
 
 
 def _float64(name: str, dtype: str) -> None:
-    if dtype == "float64" and name == "keras-jax":
-        return  # the data-parallel JAX worker runs with JAX_ENABLE_X64: float64 is real there
     from equivtest.backends import info
 
-    if dtype == "float64" and not info(name).float64:
+    if dtype == "float64" and not info(name).float64:  # declared in the registry: keras-torch, keras-jax
         pytest.skip(f"backend '{name}' does not train in float64")
 
 
@@ -172,18 +170,14 @@ def test_parallel_workers_follow_one_worker(dp_backend, world_size, dtype):
     """N workers against the plain backend in one process, same head: the reduction order is all that differs.
 
     The reference is the backend itself, not its engine at N = 1, so an engine that is consistently wrong at
-    every world size cannot pass.  keras-jax's plain worker has no float64 (JAX_ENABLE_X64 is set only in the
-    data-parallel worker), so there its float64 reference is the engine at N = 1.
+    every world size cannot pass.
     """
     from equivtest import backends
 
     _float64(dp_backend, dtype)
     p = Plan(epochs=2, batch_size=BATCH, lr=0.05, optimizer="momentum", dtype=dtype)
     w = p.initial_weights("softmax", DATA.n_features)
-    if dp_backend == "keras-jax" and dtype == "float64":
-        one = _train("softmax", w, p, DATA, 1, backend=dp_backend)
-    else:
-        one = backends.get(dp_backend).train("softmax", w, p, DATA)
+    one = backends.get(dp_backend).train("softmax", w, p, DATA)
     many = _train("softmax", w, p, DATA, world_size, backend=dp_backend)
     assert many.meta["world_size"] == world_size and many.meta["engine"] == engine(dp_backend)
     # measured: at most 2.2e-16 (float64) and 1.3e-7 (float32) for torch, keras and keras-jax at 2, 3 and 4

@@ -94,6 +94,45 @@ class StepRecorder(keras.metrics.Metric):
         self.count.assign(0)
 
 
+class StepFigures(keras.metrics.Metric):
+    """Each step's loss figure and number of correct predictions, written by a ``train_step`` (:meth:`record`).
+
+    Metric variables: under a strategy Keras keeps them per replica and sums them when read
+    (``synchronization="on_read"``, ``aggregation="sum"``), so figures each replica records for its shard
+    read as the global batch's.  ``fit`` does not reset an uncompiled metric: the caller does, each epoch.
+    """
+
+    def __init__(self, capacity: int, dtype: str, name: str = "step_figures"):
+        super().__init__(name=name, dtype=dtype)
+        self.values = self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name="values")
+        self.right = self.add_variable(shape=(capacity,), initializer="zeros", dtype="int32", name="right")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
+
+    def record(self, value, right) -> None:
+        count = self.count.value  # .value: the backend tensor (this replica's copy, in replica context)
+        i = ops.reshape(count, (1,))
+        self.values.assign(ops.slice_update(self.values.value, i, ops.reshape(ops.cast(value, self.dtype), (1,))))
+        self.right.assign(ops.slice_update(self.right.value, i, ops.reshape(ops.cast(right, "int32"), (1,))))
+        self.count.assign(count + 1)
+
+    def update_state(self, *args, **kwargs):
+        raise TypeError("StepFigures is written by record(value, right)")
+
+    def result(self):
+        return ops.cast(self.count.value, self.dtype)
+
+    def reset_state(self):
+        self.count.assign(0)
+
+    def read(self, k: int, divide_by: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(loss figure, correct count) of the first ``k`` steps since the reset (the count itself reads as the
+        replicas' sum); the figures divided by ``divide_by`` (the batch sizes, when replicas recorded sums)."""
+        values = ops.convert_to_numpy(self.values)[:k]
+        if divide_by is not None:
+            values = np.asarray(values, dtype=np.float64) / divide_by[:k]
+        return values, np.asarray(ops.convert_to_numpy(self.right))[:k]
+
+
 def keras_loss(head: str, plan: Plan, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
     """The Keras loss object a user compiles with, for ``plan``'s loss (``reduction`` as Keras names it)."""
     label_smoothing = plan.label_smoothing

@@ -1,15 +1,16 @@
-"""Whole networks in Keras 3 on TensorFlow: Conv2D (NHWC) and Dense bodies, two optimizers.
+"""Keras's one training function for networks, on any Keras backend and any number of workers.
 
-Keras optimizers have no parameter groups, so the per-layer rule uses Keras's
-documented way of customising ``fit``: a ``keras.Model`` subclass whose
-``train_step`` (with ``tf.GradientTape`` on TensorFlow, torch autograd on
-PyTorch, as Keras's guides to customising ``fit()`` write them; on JAX, whose
-``fit`` carries one optimizer's state, the loop of Keras's guide to training
-from scratch in JAX) applies one optimizer to the body's
-variables and another to the head's.  The plan's masks come in as a second
-input and multiply the activations where the Dropout layer sits.  Coupled weight
-decay is an L2 regularizer per group (decay / 2), decoupled decay the group
-optimizer's ``weight_decay``.
+A network is a body (``none``, the seed's head alone; ``mlp``; ``cnn``, Conv2D NHWC) and the head.  Keras
+optimizers have no parameter groups, so the per-layer rule uses Keras's documented way of customising
+``fit``: a ``keras.Model`` subclass whose ``train_step`` (``tf.GradientTape`` on TensorFlow, torch
+autograd on PyTorch, as Keras's guides to customising ``fit()`` write them) applies one optimizer to the
+body's variables and another to the head's.  On JAX, whose ``fit`` carries one optimizer's state, the epoch
+is the loop of Keras's guide to training from scratch in JAX.  The plan's masks come in as a second input
+and multiply the activations where the Dropout layer sits.  Coupled weight decay is an L2 penalty per group
+(decay / 2), decoupled decay the group optimizer's ``weight_decay``; class weights are sample weights;
+bfloat16 autocast is Keras's ``mixed_bfloat16`` policy on every layer.  On N workers the same function runs
+under :mod:`.parallel`'s engine.  (A head on one worker is trained by ``fit`` on the compiled head,
+:func:`.common.train_epochs`, with Keras's own loss, Dropout and ``class_weight=``.)
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from ...plan import Plan
 from ...trajectory import Trajectory
 
 
-def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None):
-    """The network's layers in Keras: (inputs [x, mask], body layers, head layer, output)."""
+def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None, autocast: str | None = None):
+    """The network's layers in Keras: (inputs [x, mask], body layers, head layer, output).
+
+    ``autocast="bfloat16"``: every layer under Keras's ``mixed_bfloat16`` policy (bfloat16 compute, float32
+    variables), as for the head alone; the inputs, the masks and the loss stay in the plan's dtype."""
     import keras
 
-    regs = {"kernel_regularizer": body_reg, "bias_regularizer": body_reg, "dtype": dt}
+    layer_dt = "mixed_bfloat16" if autocast == "bfloat16" else dt
+    regs = {"kernel_regularizer": body_reg, "bias_regularizer": body_reg, "dtype": layer_dt}
     a, b = net.widths
     x_in = keras.Input(net.input_shape, dtype=dt)
     m_in = keras.Input((net.dropout_widths[0],), dtype=dt)
@@ -36,11 +41,11 @@ def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None):
     elif net.body == "cnn":
         body = [keras.layers.Conv2D(a, 3, activation="relu", **regs),
                 keras.layers.Conv2D(b, 3, activation="relu", **regs)]
-        h = keras.layers.GlobalAveragePooling2D(dtype=dt)(body[1](body[0](x_in))) * m_in
+        h = keras.layers.GlobalAveragePooling2D(dtype=layer_dt)(body[1](body[0](x_in))) * m_in
     else:
         body, h = [], x_in * m_in
     dense = keras.layers.Dense(UNITS[head], activation="softmax" if head == SOFTMAX else "sigmoid",
-                               kernel_regularizer=head_reg, bias_regularizer=head_reg, dtype=dt)
+                               kernel_regularizer=head_reg, bias_regularizer=head_reg, dtype=layer_dt)
     return [x_in, m_in], body, dense, dense(h)
 
 
@@ -53,175 +58,230 @@ def count_params(net: Network, head: str) -> int:
 
 
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
-                  rates: GroupRates, device: str = "cpu") -> Trajectory:
-    import contextlib
+                  rates: GroupRates, device: str = "cpu", *, world: int = 1, weighted: bool = True) -> Trajectory:
+    """Keras's one training function: a network (body ``none`` is the seed's head), on ``world`` workers.
 
+    On TensorFlow and PyTorch, ``fit`` with the two-optimizer ``train_step``; on JAX, the from-scratch loop.
+    ``world > 1`` is the same function under the engine of :mod:`.parallel` (``MirroredStrategy`` on
+    TensorFlow, ``keras.distribution.DataParallel`` on JAX; Keras on PyTorch has none).  Every option of the
+    plan is read here: class weights and (under a strategy, ``weighted``) 1 / (the global batch's size) are
+    each row's sample weight, coupled decay is each group's L2 penalty, the masks a second input.
+    """
     import keras
-    from keras import ops
 
-    from .._base import all_finite, check_finite
+    from .._base import all_finite, batch_sizes, check_finite
+    from .common import StepFigures, floatx, keras_loss
 
     kind = keras.backend.backend()
-    if kind == "jax":
-        return _train_network_jax(backend, net, head, body_init, head_init, plan, data, rates)
-    if kind not in ("tensorflow", "torch"):
+    if kind not in ("tensorflow", "torch", "jax"):
         raise NotImplementedError(f"backend '{backend.name}' does not train whole networks on Keras's {kind}")
-    from .common import floatx, keras_loss, make_optimizer
-
+    _refuse(backend.name, plan, world, net)
+    place, engine = _places(backend, kind, world, device)
     dt = plan.dtype
-    opt = plan.optimizer
+    n = len(data.y_train)
+    steps, sizes = plan.steps_per_epoch(n), batch_sizes(plan, n)
+    # TensorFlow's replicas each sum their rows' weighted losses, so the summed gradients are the global mean's
+    scaled = world > 1 and weighted and kind == "tensorflow"
+    decays = coupled_decays(plan, rates)
+    X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
+    class_w = row_weights(plan, data, dt)
+    run_epoch = None
+    with floatx(dt), place():
+        with engine():
+            body_opt, head_opt = group_optimizers(plan, rates)
+            # coupled decay: fit adds the layers' L2 regularizers (model.losses); the JAX step adds the penalties
+            regs = [keras.regularizers.L2(decay / 2) if decay and kind != "jax" else None for decay in decays]
+            inputs, body, dense, out = build(net, head, dt, *regs, autocast=plan.autocast)
+            body_vars, head_vars = group_variables(body, dense, body_opt, head_opt)
+            loss_fn = keras_loss(head, plan, "sum" if scaled else "sum_over_batch_size")
+            if kind == "jax":
+                model = keras.Model(inputs, out)
+            else:
+                figures = StepFigures(steps, dt)
+                per_row = keras_loss(head, plan, reduction=None) if world > 1 else None
+                model = _fit_model(kind, inputs, out, loss_fn, per_row, figures, head,
+                                   (body_opt, body_vars), (head_opt, head_vars))
+            set_initial(body, dense, body_init, head_init, dt)
+            if kind == "jax":
+                run_epoch = _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head, decays)
+        losses, correct, val_loss, val_acc = [], [], [], []
+        for epoch in range(plan.epochs):
+            order = plan.batch_order(epoch, n)
+            masks = scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
+            sw = _epoch_weights(plan, n, class_w, order, scaled)
+            with engine():
+                if kind == "jax":
+                    step_loss, step_right = run_epoch(plan.batch_bounds(n), X[order], masks, Y[order], sw)
+                else:
+                    figures.reset_state()
+                    model.fit([X[order], masks], Y[order], sample_weight=sw, batch_size=plan.batch_size, epochs=1,
+                              shuffle=False, verbose=0)
+                    # on N workers each replica adds its rows' (weighted) losses: the global batch's sum
+                    step_loss, step_right = figures.read(steps, None if world == 1 or scaled else sizes)
+            losses.append(step_loss)
+            correct.append(step_right)
+            check_finite(backend.name, head, step_loss, epoch * steps, all_finite(*_values(model, run_epoch)))
+            # outside any strategy, whose scope would scale a Keras loss by 1/N
+            vl, va = val_figures(keras_loss(head, plan), head, _predict(model, [Xv, ones_v], run_epoch), Yv,
+                                 data.y_val)
+            val_loss.append(vl)
+            val_acc.append(va)
+    if run_epoch is not None:
+        run_epoch.state.write_back()
+    traj = network_trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense,
+                              body, device)
+    if world > 1:
+        from .parallel import engine_meta
 
-    def group(lr, decay):
-        coupled = decay and opt.decay == "coupled"
-        reg = keras.regularizers.L2(decay / 2) if coupled else None
-        optimizer = make_optimizer(plan.replace(lr=lr, optimizer=opt.replace(weight_decay=0.0 if coupled else decay)))
-        return reg, optimizer
+        traj.meta.update(engine_meta(backend.name, world, weighted and kind != "jax"))
+    return traj
 
-    n, steps = len(data.y_train), plan.steps_per_epoch(len(data.y_train))
+
+def _refuse(name: str, plan: Plan, world: int, net: Network) -> None:
+    """What the registry declares this backend does not offer for this run (the parent refuses it first, in
+    one line; this keeps a direct call honest)."""
+    from .. import refusal
+
+    declared = refusal(name, plan, world_size=world, network=net.body != "none")
+    if declared:
+        from ...errors import InputError
+
+        raise InputError(declared)
+
+
+def _places(backend, kind: str, world: int, device: str):
+    """(place, engine): the contexts a run is made in.  One worker: the run's device around everything.  N
+    workers: the engine's scope around building and ``fit`` (validation runs outside it, whose scope would
+    scale a Keras loss by 1/N)."""
+    import contextlib
+
+    if world > 1:
+        from .parallel import distributed
+
+        return contextlib.nullcontext, lambda: distributed(world)
     if kind == "tensorflow":
         import tensorflow as tf
 
-        place = tf.device(backend.tf_device(device))
+        return lambda: tf.device(backend.tf_device(device)), contextlib.nullcontext
+    return contextlib.nullcontext, contextlib.nullcontext
+
+
+def _epoch_weights(plan: Plan, n: int, class_w, order, scaled: bool):
+    """Each row's sample weight for the epoch, in the plan's order: its class weight, times 1 / (its global
+    batch's size) when the replicas' losses are sums; None when every row weighs 1 in a mean."""
+    w = None if class_w is None else class_w[order]
+    if scaled:
+        inv = np.concatenate([np.full(t - s, 1.0 / (t - s)) for s, t in plan.batch_bounds(n)]).astype(plan.dtype)
+        w = inv if w is None else w * inv
+    return w
+
+
+def _fit_model(kind: str, inputs, out, loss_fn, per_row, figures, head: str, body_group, head_group):
+    """``fit`` with one optimizer per parameter group (Keras's documented ``train_step`` override):
+    ``tf.GradientTape`` on TensorFlow, autograd on PyTorch, as Keras's guides to customising ``fit()`` write
+    them.  Each group is ``(optimizer, variables)``; a frozen body has no variables.  ``figures`` keeps each
+    step's loss and correct count: the loss itself on one worker, each replica's sum of its rows' (weighted)
+    losses on N (``per_row``)."""
+    import keras
+    from keras import ops
+
+    from .common import hits
+
+    (body_opt, body_vars), (head_opt, head_vars) = body_group, head_group
+
+    def apply(grads):
+        if body_vars:
+            body_opt.apply(grads[: len(body_vars)], body_vars)
+        head_opt.apply(grads[len(body_vars):], head_vars)
+
+    def record(y, p, loss, sw):
+        value = loss if per_row is None else ops.sum(per_row(y, p, sample_weight=sw))
+        figures.record(value, ops.sum(ops.cast(hits(head, y, p), "int32")))
+
+    if kind == "tensorflow":
+        import tensorflow as tf
+
+        class TwoGroups(keras.Model):
+            def train_step(self, batch):
+                (x, m), y, sw = keras.utils.unpack_x_y_sample_weight(batch)
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                with tf.GradientTape() as tape:
+                    p = self((x, m), training=True)
+                    loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's
+                    # each replica's share: Keras scales a mean loss by 1/N itself (a summed one is already a
+                    # share); the L2 penalties of coupled decay count once over the replicas
+                    total = loss + tf.add_n(self.losses) / tf.cast(replicas, loss.dtype) if self.losses else loss
+                apply(tape.gradient(total, body_vars + head_vars))
+                record(y, p, loss, sw)
+                return {"loss": loss}
     else:
-        place = contextlib.nullcontext()
-    with floatx(dt), place:
-        # inside floatx: the optimizers keep their learning rates and slots in the run's dtype
-        body_reg, body_opt = group(rates.body_lr, rates.body_decay) if rates.body_lr > 0 else (None, None)
-        head_reg, head_opt = group(rates.head_lr, rates.head_decay)
-        inputs, body, dense, out = build(net, head, dt, body_reg, head_reg)
-        loss_fn = keras_loss(head, plan)
-        # a frozen body (learning rate 0) is left out of the update, as a user would freeze it
-        body_vars = [v for layer in body for v in layer.trainable_variables] if body_opt is not None else []
-        head_vars = dense.trainable_variables
-
-        def hits(p, y):
-            if head == SOFTMAX:
-                return ops.equal(ops.argmax(p, axis=-1), ops.argmax(y, axis=-1))
-            return ops.equal(p[:, 0] > 0.5, y[:, 0] > 0.5)
-
-        class TorchTwoGroups(keras.Model):
-            """The same on Keras's torch backend: autograd, as Keras's guide to customising ``fit()``
-            with PyTorch writes it; runs eagerly, so each step's figures are read as it ends."""
-
+        class TwoGroups(keras.Model):  # Keras on PyTorch: eager, autograd; one worker
             def train_step(self, batch):
                 import torch
 
                 (x, m), y, sw = keras.utils.unpack_x_y_sample_weight(batch)
                 self.zero_grad()
                 p = self((x, m), training=True)
-                loss = loss_fn(y, p, sample_weight=sw)
+                loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's
                 total = loss + sum(self.losses) if self.losses else loss
                 total.backward()
-                grads = [v.value.grad for v in body_vars + head_vars]
                 with torch.no_grad():
-                    if body_vars:
-                        body_opt.apply(grads[: len(body_vars)], body_vars)
-                    head_opt.apply(grads[len(body_vars):], head_vars)
-                eager_record.append((float(loss.detach()), int(ops.sum(ops.cast(hits(p.detach(), y), "int32")))))
+                    apply([v.value.grad for v in body_vars + head_vars])
+                    record(y, p.detach(), loss.detach(), sw)
                 return {"loss": loss}
 
-        eager_record: list = []
-        if kind == "tensorflow":
-            record = {"loss": tf.Variable(tf.zeros(steps, dt)), "right": tf.Variable(tf.zeros(steps, tf.int32)),
-                      "step": tf.Variable(0)}
-
-        class TwoGroups(keras.Model):
-            """``fit`` with one optimizer per parameter group (Keras's documented train_step override)."""
-
-            def train_step(self, batch):
-                (x, m), y, sw = keras.utils.unpack_x_y_sample_weight(batch)
-                with tf.GradientTape() as tape:
-                    p = self((x, m), training=True)
-                    loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's
-                    total = loss + (tf.add_n(self.losses) if self.losses else 0.0)
-                grads = tape.gradient(total, body_vars + head_vars)
-                if body_vars:
-                    body_opt.apply(grads[: len(body_vars)], body_vars)
-                head_opt.apply(grads[len(body_vars):], head_vars)
-                hit = (tf.argmax(p, axis=-1) == tf.argmax(y, axis=-1)) if head == SOFTMAX else \
-                    ((p[:, 0] > 0.5) == (y[:, 0] > 0.5))
-                i = record["step"]
-                record["loss"].scatter_nd_update([[i]], [tf.cast(loss, dt)])
-                record["right"].scatter_nd_update([[i]], [tf.reduce_sum(tf.cast(hit, tf.int32))])
-                record["step"].assign_add(1)
-                return {"loss": loss}
-
-        model = (TwoGroups if kind == "tensorflow" else TorchTwoGroups)(inputs, out)
-        model.compile(jit_compile=False)
-        set_initial(body, dense, body_init, head_init, dt)
-        X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
-        sw = row_weights(plan, data, dt)
-        losses, correct, val_loss, val_acc = [], [], [], []
-        for epoch in range(plan.epochs):
-            order = plan.batch_order(epoch, n)
-            masks = scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
-            if kind == "tensorflow":
-                record["step"].assign(0)
-            eager_record.clear()
-            model.fit([X[order], masks], Y[order], sample_weight=None if sw is None else sw[order],
-                      batch_size=plan.batch_size, epochs=1, shuffle=False, verbose=0)
-            if kind == "tensorflow":
-                losses.append(record["loss"].numpy().copy())
-                correct.append(record["right"].numpy().copy())
-            else:
-                losses.append(np.array([r[0] for r in eager_record]))
-                correct.append(np.array([r[1] for r in eager_record]))
-            check_finite(backend.name, head, losses[-1], epoch * steps,
-                         all_finite(*(ops.convert_to_numpy(v) for v in model.trainable_variables)))
-            pv = model.predict([Xv, ones_v], batch_size=max(len(Xv), 1), verbose=0)
-            vl, va = val_figures(loss_fn, head, pv, Yv, data.y_val)
-            val_loss.append(vl)
-            val_acc.append(va)
-        return network_trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
-                           device)
+    model = TwoGroups(inputs, out)
+    model.compile(jit_compile=False)
+    return model
 
 
-def _train_network_jax(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
-                       rates: GroupRates) -> Trajectory:
+def _values(model, run_epoch) -> list:
+    """The model's trainable values as NumPy arrays (on JAX they live in the loop's state until written back)."""
+    from keras import ops
+
+    if run_epoch is not None:
+        import jax
+
+        return list(jax.device_get(run_epoch.state.values[0]))
+    return [ops.convert_to_numpy(v) for v in model.trainable_variables]
+
+
+def _predict(model, inputs, run_epoch):
+    """The validation probabilities."""
+    if run_epoch is not None:
+        tv, ntv = run_epoch.state.values[:2]
+        return model.stateless_call(tv, ntv, inputs, training=False)[0]
+    return model.predict(inputs, batch_size=max(len(inputs[0]), 1), verbose=0)
+
+
+def _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str, decays=(0.0, 0.0)):
     """Keras on JAX: ``fit``'s ``train_step`` is stateless and carries one optimizer, so the loop is the one
     Keras's guide "writing a training loop from scratch in JAX" writes: ``model.stateless_call``,
-    ``jax.value_and_grad``, and each group's optimizer ``stateless_apply``-ed to its own variables."""
+    ``jax.value_and_grad``, and each group's optimizer ``stateless_apply``-ed to its own variables.  Under a
+    distribution each batch is placed by its data layout, so the jitted step runs sharded (GSPMD: the loss
+    is the global batch's mean).  ``run_epoch(bounds, X, masks, Y, w)`` returns each step's loss and correct
+    count; ``run_epoch.state`` carries the values between steps."""
     import jax
     import keras
 
-    from .._base import all_finite, check_finite
-    from .common import floatx, keras_loss
+    step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head, decays))
+    state = JaxState.of(model, body_opt if body_vars else None, head_opt)
 
-    dt = plan.dtype
-    n, steps = len(data.y_train), plan.steps_per_epoch(len(data.y_train))
-    with floatx(dt):
-        body_opt, head_opt = group_optimizers(plan, rates)
-        inputs, body, dense, out = build(net, head, dt)
-        model = keras.Model(inputs, out)
-        set_initial(body, dense, body_init, head_init, dt)
-        loss_fn = keras_loss(head, plan)
-        body_vars, head_vars = group_variables(body, dense, body_opt, head_opt)
-        step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head,
-                                coupled_decays(plan, rates)))
-        state = JaxState.of(model, body_opt if body_vars else None, head_opt)
-        X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
-        sw = row_weights(plan, data, dt)
-        losses, correct, val_loss, val_acc = [], [], [], []
-        for epoch in range(plan.epochs):
-            order = plan.batch_order(epoch, n)
-            masks = scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
-            ls, cs = [], []
-            for s, t in plan.batch_bounds(n):
-                idx = order[s:t]
-                loss, c, *state.values = step(*state.values, X[idx], masks[s:t], Y[idx],
-                                              None if sw is None else sw[idx])
-                ls.append(loss)
-                cs.append(c)
-            losses.append(np.asarray(jax.device_get(ls), dtype=np.float64))
-            correct.append(np.asarray(jax.device_get(cs)))
-            check_finite(backend.name, head, losses[-1], epoch * steps, all_finite(*jax.device_get(state.values[0])))
-            pv, _ = model.stateless_call(state.values[0], state.values[1], [Xv, ones_v], training=False)
-            vl, va = val_figures(loss_fn, head, pv, Yv, data.y_val)
-            val_loss.append(vl)
-            val_acc.append(va)
-        state.write_back()
-        return network_trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense, body,
-                           "cpu")
+    def run_epoch(bounds, X, masks, Y, w=None):
+        dist = keras.distribution.distribution()
+        losses, rights = [], []
+        for s, t in bounds:
+            batch = [None if a is None else a[s:t] for a in (X, masks, Y, w)]
+            if dist is not None:
+                batch = [None if a is None else jax.device_put(a, dist.get_data_layout(a.shape).backend_layout)
+                         for a in batch]
+            loss, right, *state.values = step(*state.values, *batch)
+            losses.append(loss)
+            rights.append(right)
+        return np.asarray(jax.device_get(losses), dtype=np.float64), np.asarray(jax.device_get(rights))
+
+    run_epoch.state = state
+    return run_epoch
 
 
 def coupled_decays(plan: Plan, rates: GroupRates) -> tuple[float, float]:

@@ -100,8 +100,10 @@ class Backend(BaseBackend):
                 step = re.search(r"step (\d+)", message)
                 raise NonFiniteLoss(message, int(step.group(1)) if step else None)
             prefix = "" if message.startswith(f"backend '{self.name}'") else f"backend '{self.name}': "
-            raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError}.get(kind, RuntimeError)(
-                prefix + message)
+            from ...errors import InputError
+
+            raise {"NotImplementedError": NotImplementedError, "ValueError": ValueError,
+                   "InputError": InputError}.get(kind, RuntimeError)(prefix + message)
         return value
 
     def close(self):
@@ -239,15 +241,25 @@ class _Worker:
         return train_network(self, network, head, body_init, head_init, plan, data, rates)
 
     def train_parallel(self, head, init, plan, data, weighted):
-        from .parallel import host_devices, train
+        """The head data-parallel: the network with body ``none``, at the head's rate and decay."""
+        from ...networks import GroupRates, Network
+        from .network import train_network
+        from .parallel import host_devices
 
-        return train(self.name, head, init, plan, data, host_devices(), weighted)
+        rates = GroupRates(0.0, plan.lr, 0.0, plan.optimizer.weight_decay)
+        traj = train_network(self, Network("none", (data.X_train.shape[1],)), head, [], init, plan, data, rates,
+                             world=host_devices(), weighted=weighted)
+        for key in ("body", "rates"):  # a head's trajectory, as one process records it
+            traj.meta.pop(key)
+        traj.body = None
+        return traj
 
     def train_network_parallel(self, network, head, body_init, head_init, plan, data, rates, weighted):
-        from .parallel import host_devices, train_network
+        from .network import train_network
+        from .parallel import host_devices
 
-        return train_network(self.name, network, head, body_init, head_init, plan, data, rates, host_devices(),
-                             weighted)
+        return train_network(self, network, head, body_init, head_init, plan, data, rates, world=host_devices(),
+                             weighted=weighted)
 
     def count_params(self, head: str, d: int) -> int:
         from .common import plain_model
