@@ -280,6 +280,14 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
                                         "independent masks: softmax vs converted sigmoid val_loss gap must be "
                                         "below the gap to the random-init sigmoid"))
     # cross-framework: each pair of backends, softmax runs, same plan and weights
+    # every backend's softmax run uses the same plan masks in both mask modes
+    return checks + _cross_framework_checks(res, "softmax runs, same plan, masks and initial weights")
+
+
+def _cross_framework_checks(res: ExperimentResult, same: str) -> list[Check]:
+    """Each pair of backends' softmax runs (same plan and weights, ``same`` says what is shared): within the
+    float32 tolerance, or, where the frameworks place the optimizer's epsilon differently, shown for information."""
+    checks = []
     names = [n for n, r in res.results.items() if "softmax" in r.runs]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -290,9 +298,9 @@ def compute_checks(res: ExperimentResult, dataset: Dataset) -> list[Check]:
                 detail = ("softmax step_loss; the frameworks place the optimizer's epsilon differently "
                           "(torch vs keras), shown for information")
                 checks.append(Check("cross_framework_step_loss_info", f"{a} vs {b}", gap, float("inf"), "<=", detail))
-            else:  # every backend's softmax run uses the same plan masks in both mask modes
+            else:
                 checks.append(Check("cross_framework_step_loss", f"{a} vs {b}", gap, TOLERANCES["float32"]["atol"],
-                                    "<=", "softmax runs, same plan, masks and initial weights"))
+                                    "<=", same))
     return checks
 
 
@@ -406,12 +414,4 @@ def compute_network_checks(res: ExperimentResult, dataset: Dataset, network) -> 
                 checks.append(Check("random_init_gap_step_loss", name, rgap, CONTROL_MARGIN * tol, ">",
                                     "negative control: a sigmoid network from its own init (body and head) is a "
                                     "different path"))
-    names = [n for n, r in res.results.items() if "softmax" in r.runs]
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            ta, tb = res.results[a].runs["softmax"], res.results[b].runs["softmax"]
-            gap = compare_trajectories(ta, tb, dtype="float32").fields["step_loss"].max_abs
-            if res.plan.optimizer.name == "sgd" or _registry.info(a).epsilon_convention == _registry.info(b).epsilon_convention:
-                checks.append(Check("cross_framework_step_loss", f"{a} vs {b}", gap, TOLERANCES["float32"]["atol"],
-                                    "<=", "softmax networks, same plan, masks, body and head init"))
-    return checks
+    return checks + _cross_framework_checks(res, "softmax networks, same plan, masks, body and head init")
