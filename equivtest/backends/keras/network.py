@@ -122,7 +122,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
             correct.append(step_right)
             check_finite(backend.name, head, step_loss, epoch * steps, all_finite(*_values(model, run_epoch)))
             # outside any strategy, whose scope would scale a Keras loss by 1/N
-            vl, va = val_figures(keras_loss(head, plan), head, _predict(model, [Xv, ones_v], run_epoch), Yv,
+            vl, va = val_figures(keras_loss(head, plan), head, _predict(model, [Xv, ones_v], run_epoch, world), Yv,
                                  data.y_val)
             val_loss.append(vl)
             val_acc.append(va)
@@ -246,11 +246,14 @@ def _values(model, run_epoch) -> list:
     return [ops.convert_to_numpy(v) for v in model.trainable_variables]
 
 
-def _predict(model, inputs, run_epoch):
-    """The validation probabilities."""
+def _predict(model, inputs, run_epoch, world: int):
+    """The validation probabilities (on N workers a direct call: ``predict`` would trace a distributed function
+    for one batch)."""
     if run_epoch is not None:
         tv, ntv = run_epoch.state.values[:2]
         return model.stateless_call(tv, ntv, inputs, training=False)[0]
+    if world > 1:
+        return model(inputs, training=False)
     return model.predict(inputs, batch_size=max(len(inputs[0]), 1), verbose=0)
 
 
