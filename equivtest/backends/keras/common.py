@@ -48,52 +48,6 @@ def hits(head: str, y_true, y_pred):
     return ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0] > 0.5, "int32"))
 
 
-class StepRecorder(keras.metrics.Metric):
-    """Stores each training step's mean batch loss and number of correct predictions.
-
-    Keras's own ``loss`` log is a running mean; this keeps the per-step values.
-    ``reset_state`` (called by ``fit`` at each epoch start) rewinds the counter.
-    """
-
-    def __init__(self, head: str, capacity: int, dtype: str, loss: keras.losses.Loss, track=None,
-                 name: str = "step_recorder"):
-        super().__init__(name=name, dtype=dtype)
-        self.head = head
-        self.loss = loss
-        self.track = track  # a Dense layer whose weights (after the step's update) are kept, or None
-        if track is not None:
-            d = track.kernel.shape[0]
-            self.history = self.add_variable(shape=(capacity, d + 1), initializer="zeros", dtype=dtype,
-                                             name="history")
-        self.values = self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name="values")
-        self.right = self.add_variable(shape=(capacity,), initializer="zeros", dtype="int32", name="right")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        loss = self.loss(y_true, y_pred, sample_weight=sample_weight)  # the compiled loss: same value
-        hit = hits(self.head, y_true, y_pred)
-        # .value: the backend tensor behind a Keras variable (JAX refuses variables inside jitted ops)
-        count = self.count.value
-        i = ops.reshape(count, (1,))
-        self.values.assign(ops.slice_update(self.values.value, i, ops.reshape(ops.cast(loss, self.dtype), (1,))))
-        self.right.assign(ops.slice_update(self.right.value, i, ops.reshape(ops.sum(ops.cast(hit, "int32")), (1,))))
-        if self.track is not None:  # metrics run after the optimizer's update in Keras's train_step
-            k, b = self.track.kernel.value, self.track.bias.value
-            if self.head == SOFTMAX:
-                row = ops.concatenate([k[:, 1] - k[:, 0], ops.reshape(b[1] - b[0], (1,))])
-            else:
-                row = ops.concatenate([k[:, 0], b])
-            start = ops.pad(i, [[0, 1]])  # (step, 0)
-            self.history.assign(ops.slice_update(self.history.value, start, ops.cast(row[None, :], self.dtype)))
-        self.count.assign(count + 1)
-
-    def result(self):
-        return ops.cast(self.count.value, self.dtype)
-
-    def reset_state(self):
-        self.count.assign(0)
-
-
 class StepFigures(keras.metrics.Metric):
     """Each step's loss figure and number of correct predictions, written by a ``train_step`` (:meth:`record`).
 
@@ -116,7 +70,7 @@ class StepFigures(keras.metrics.Metric):
         self.count.assign(count + 1)
 
     def update_state(self, *args, **kwargs):
-        raise TypeError("StepFigures is written by record(value, right)")
+        raise TypeError("StepFigures is written by record(value, right)")  # StepRecorder: a compiled metric
 
     def result(self):
         return ops.cast(self.count.value, self.dtype)
@@ -131,6 +85,37 @@ class StepFigures(keras.metrics.Metric):
         if divide_by is not None:
             values = np.asarray(values, dtype=np.float64) / divide_by[:k]
         return values, np.asarray(ops.convert_to_numpy(self.right))[:k]
+
+
+class StepRecorder(StepFigures):
+    """A compiled (weighted) metric: each training step's mean batch loss and number of correct predictions.
+
+    Keras's own ``loss`` log is a running mean; this keeps the per-step values.
+    ``reset_state`` (called by ``fit`` at each epoch start) rewinds the counter.
+    """
+
+    def __init__(self, head: str, capacity: int, dtype: str, loss: keras.losses.Loss, track=None,
+                 name: str = "step_recorder"):
+        super().__init__(capacity, dtype, name=name)
+        self.head = head
+        self.loss = loss
+        self.track = track  # a Dense layer whose weights (after the step's update) are kept, or None
+        if track is not None:
+            d = track.kernel.shape[0]
+            self.history = self.add_variable(shape=(capacity, d + 1), initializer="zeros", dtype=dtype,
+                                             name="history")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        loss = self.loss(y_true, y_pred, sample_weight=sample_weight)  # the compiled loss: same value
+        if self.track is not None:  # metrics run after the optimizer's update in Keras's train_step
+            k, b = self.track.kernel.value, self.track.bias.value
+            if self.head == SOFTMAX:
+                row = ops.concatenate([k[:, 1] - k[:, 0], ops.reshape(b[1] - b[0], (1,))])
+            else:
+                row = ops.concatenate([k[:, 0], b])
+            start = ops.pad(ops.reshape(self.count.value, (1,)), [[0, 1]])  # (step, 0)
+            self.history.assign(ops.slice_update(self.history.value, start, ops.cast(row[None, :], self.dtype)))
+        self.record(loss, ops.sum(ops.cast(hits(self.head, y_true, y_pred), "int32")))
 
 
 def keras_loss(head: str, plan: Plan, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:

@@ -85,6 +85,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     decays = coupled_decays(plan, rates)
     X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
     class_w = row_weights(plan, data, dt)
+    shares = _batch_shares(plan, n) if scaled else None
     run_epoch = None
     with floatx(dt), place():
         with engine():
@@ -108,7 +109,7 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
         for epoch in range(plan.epochs):
             order = plan.batch_order(epoch, n)
             masks = scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
-            sw = _epoch_weights(plan, n, class_w, order, scaled)
+            sw = _epoch_weights(class_w, order, shares)
             with engine():
                 if kind == "jax":
                     step_loss, step_right = run_epoch(plan.batch_bounds(n), X[order], masks, Y[order], sw)
@@ -166,13 +167,17 @@ def _places(backend, kind: str, world: int, device: str):
     return contextlib.nullcontext, contextlib.nullcontext
 
 
-def _epoch_weights(plan: Plan, n: int, class_w, order, scaled: bool):
-    """Each row's sample weight for the epoch, in the plan's order: its class weight, times 1 / (its global
-    batch's size) when the replicas' losses are sums; None when every row weighs 1 in a mean."""
+def _batch_shares(plan: Plan, n: int) -> np.ndarray:
+    """1 / (its global batch's size) for each position of an epoch (the same every epoch)."""
+    return np.concatenate([np.full(t - s, 1.0 / (t - s)) for s, t in plan.batch_bounds(n)]).astype(plan.dtype)
+
+
+def _epoch_weights(class_w, order, shares):
+    """Each row's sample weight for the epoch, in the plan's order: its class weight, times its batch share
+    when the replicas' losses are sums (``shares``); None when every row weighs 1 in a mean."""
     w = None if class_w is None else class_w[order]
-    if scaled:
-        inv = np.concatenate([np.full(t - s, 1.0 / (t - s)) for s, t in plan.batch_bounds(n)]).astype(plan.dtype)
-        w = inv if w is None else w * inv
+    if shares is not None:
+        w = shares if w is None else w * shares
     return w
 
 
@@ -347,6 +352,8 @@ def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str
     import jax
     import jax.numpy as jnp
 
+    from .common import hits
+
     order_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
     ib, ih = [order_of[id(v)] for v in body_vars], [order_of[id(v)] for v in head_vars]
     penalties = [(decay / 2, idx) for decay, idx in zip(decays, (ib, ih)) if decay and idx]
@@ -371,8 +378,7 @@ def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str
         new_h, hov = head_opt.stateless_apply(hov, [grads[i] for i in ih], [tv[i] for i in ih])
         for i, v in zip(ih, new_h):
             tv[i] = v
-        hit = (p.argmax(-1) == y.argmax(-1)) if head == SOFTMAX else ((p[:, 0] > 0.5) == (y[:, 0] > 0.5))
-        return loss, hit.sum(), tv, ntv, bov, hov
+        return loss, jnp.sum(hits(head, y, p).astype("int32")), tv, ntv, bov, hov
 
     return step
 
