@@ -99,14 +99,20 @@ def _keras_worker(backend: str, world_size: int):
 
 
 def prestart(backend: str, world_size: int) -> None:
-    """Start the Keras worker for ``backend`` and ``world_size`` now, so its framework loads while the caller
-    does other work (the suite calls it when collection ends).  Nothing for torch, or an absent framework."""
-    if engine(backend) is None or backend == "torch":
-        return
+    """Start ``backend``'s workers for ``world_size`` now, so their framework loads while the caller does other
+    work (the suite calls it when collection ends): torch's fork server (it imports
+    :data:`FORKSERVER_PRELOAD` once; every rank is a fork of it), or the Keras worker.  Nothing where the
+    backend has no engine or its framework is absent."""
     from .backends import info
 
-    if info(backend).unavailable_reason() is None:
+    if engine(backend) is None or info(backend).unavailable_reason() is not None:
+        return
+    if backend != "torch":
         _keras_worker(backend, world_size).start()
+    elif _start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # returns at once: the server imports the preload list on its own
 
 
 def close_workers() -> None:

@@ -60,6 +60,8 @@ def _add_data_parallel(group):
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU named with --device (skipped otherwise)")
     config.addinivalue_line("markers", "needs_backends(*names): runs only when every named backend is selected")
+    config.addinivalue_line("markers", "workers: trains on data-parallel worker processes; such tests run last, "
+                                       "their workers started in the background when collection ends")
     from .tiers import register_markers
 
     register_markers(config)
@@ -188,6 +190,9 @@ def pytest_collection_modifyitems(config, items):
     from .tiers import select_tier
 
     select_tier(config, items, sel.installed)
+    # the tests on worker processes run last (a stable sort keeps each group's order), so the workers that
+    # pytest_collection_finish starts load their framework while every other test runs in this process
+    items.sort(key=lambda item: item.get_closest_marker("workers") is not None)
     config.stash[SUITE_ITEMS] = {i.nodeid for i in items if _uses_the_suite(i)}
 
     gpu_asked = any(Device.parse(d).is_accelerator for d in sel.devices) and sel.explicit_devices
@@ -211,14 +216,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """Start the data-parallel Keras workers the selected tests will use, so TensorFlow / JAX load in them
-    while the first tests run in this process (one worker per backend and world size, kept for the session)."""
+    """Start the data-parallel workers the selected tests will use (torch's fork server; one Keras worker per
+    backend and world size, kept for the session), so their frameworks load while the other tests run here."""
     wanted = set()
     for item in session.items:
+        if item.get_closest_marker("workers") is None or item.get_closest_marker("skip") is not None:
+            continue
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("backend") in ("keras", "keras-jax") and "world_size" in params \
-                and "dp_backend" in getattr(item, "fixturenames", ()):
-            wanted.add((params["backend"], params["world_size"]))
+        backend = params.get("backend") if "dp_backend" in getattr(item, "fixturenames", ()) else "torch"
+        if backend == "torch" or (backend in ("keras", "keras-jax") and "world_size" in params):
+            wanted.add((backend, params.get("world_size", 0)))
     if wanted and not session.config.option.collectonly:
         from ..parallel import prestart
 

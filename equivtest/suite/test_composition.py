@@ -31,6 +31,8 @@ from equivtest.sources import surrogate
 
 from .test_mixed_precision import BFLOAT16_TOL
 
+pytestmark = pytest.mark.workers  # run last: their workers start in the background (plugin)
+
 DATA = surrogate(600, 16, seed=2)  # 480 training rows: batches of 100, 100, 100, 100, 80
 BASE = Plan(epochs=2, batch_size=100, lr=0.05, optimizer="sgd", dtype="float32")
 

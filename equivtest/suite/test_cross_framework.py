@@ -80,7 +80,9 @@ def test_negative_control_other_masks_split_from_reference(backend, device, data
 
 
 @pytest.mark.needs_backends("torch", "keras")
-@pytest.mark.fast_cells(dict(optimizer="adam", head="softmax"))
+# the fast tier's cell: SGD (Keras's compiled SGD head is shared with other tests); Adam's conventions are
+# checked per framework in the fast tier by test_adam_epsilon_convention_is_the_frameworks_own
+@pytest.mark.fast_cells(dict(optimizer="sgd", head="softmax"))
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("head", ["softmax", "sigmoid"])
 def test_torch_vs_keras(dataset, plan, head, optimizer):

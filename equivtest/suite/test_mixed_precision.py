@@ -144,6 +144,7 @@ def test_bfloat16_a_rate_2_5_percent_off_is_told_apart(backend, device, dataset,
 NETWORK_CASE = dict(n=2000, d=32, seed=2)
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST, optimizer="sgd"))  # a network per optimizer: the slow tier
 @OPTIMIZERS
 def test_bfloat16_network_per_layer_rule_holds_and_global_x2_breaks(backend, device, optimizer, lr):
     from equivtest.heads import softmax_to_sigmoid

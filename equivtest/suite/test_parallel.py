@@ -37,6 +37,8 @@ from equivtest.sources import digits, surrogate
 
 from .plugin import PARALLEL_BATCH, world_sizes
 
+pytestmark = pytest.mark.workers  # run last: their workers start in the background (plugin)
+
 DATA = surrogate(600, 16, seed=2)  # 480 training rows
 #: the batch of the tests that compare engines: 120 divides by 1, 2, 3, 4, 5, 6, 8, 10, 12, ... and 480 by it,
 #: so every engine (JAX needs every batch to split evenly) takes every world size that divides it
