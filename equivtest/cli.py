@@ -136,8 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"equivtest {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
-    r = sub.add_parser("run", help="reproduce the seed experiment (default: built-in 25000 x 2048 surrogate)",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name: str, *, json: str | None = None, **kw) -> argparse.ArgumentParser:
+        """A subcommand whose help ends with the exit codes; ``json``: what its ``--json`` prints."""
+        c = sub.add_parser(name, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        if json:
+            c.add_argument("--json", action="store_true", help=json)
+        return c
+
+    report_json = "print the JSON report on stdout (human output to stderr)"
+
+    r = command("run", json=report_json,
+                help="reproduce the seed experiment (default: built-in 25000 x 2048 surrogate)")
     r.add_argument("--features", default="synthetic",
                    help="h5 file(s) in the seed's schema (comma-joined), synthetic[:NxD], breast-cancer, digits "
                         "(default: synthetic, 25000 x 2048)")
@@ -174,22 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress display or per-epoch lines")
     r.add_argument("--verbose", action="store_true",
                    help="let the worker processes' framework logging (TensorFlow, XLA) through to stderr")
-    r.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
-    c = sub.add_parser("compare", help="diff two report.json files; exit 1 past the tolerance or when a series, "
-                                       "run or backend is in one report only, 2 when they cannot be compared",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = command("compare", help="diff two report.json files; exit 1 past the tolerance or when a series, "
+                "run or backend is in one report only, 2 when they cannot be compared")
     c.add_argument("a", metavar="A", help="the first report.json (the reference)")
     c.add_argument("b", metavar="B", help="the second report.json")
     c.add_argument("--allow-different-setup", action="store_true",
                    help="compare reports made from different features, body, lr rule or lr factor (default: refuse)")
     c.add_argument("--atol", type=_positive_float, default=1e-5, help="max |d loss| per step and per epoch (default: 1e-5)")
 
-    cv = sub.add_parser("convert", help="convert a trained 2-way softmax classifier file to the 1-logit sigmoid "
-                                        "it equals (or back): Keras, torch state_dict, safetensors, Hugging Face "
-                                        "folder, ONNX", epilog=EXIT_CODES,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cv = command("convert", json="print what was converted as JSON on stdout",
+                 help="convert a trained 2-way softmax classifier file to the 1-logit sigmoid "
+                 "it equals (or back): Keras, torch state_dict, safetensors, Hugging Face "
+                 "folder, ONNX")
     cv.add_argument("src", metavar="IN", help="the model file (.keras/.h5, .pt/.pth/.bin, .safetensors, .onnx) "
                                               "or a Hugging Face folder (config.json + model.safetensors)")
     cv.add_argument("out", metavar="OUT", help="where to write the converted model (its folder must exist)")
@@ -201,11 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --to softmax: w0 = 0, w1 = beta (zero) or w0 = -beta/2, w1 = beta/2 (symmetric) "
                          "(default: zero)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
-    cv.add_argument("--json", action="store_true", help="print what was converted as JSON on stdout")
 
-    vf = sub.add_parser("verify", help="run an original and a converted model on features and check they are the "
-                                       "same classifier (max |dp|, max |d logit|, decisions); exit 1 if not",
-                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    vf = command("verify", json=report_json,
+                 help="run an original and a converted model on features and check they are the "
+                 "same classifier (max |dp|, max |d logit|, decisions); exit 1 if not")
     vf.add_argument("original", metavar="ORIGINAL", help="the original model file or folder")
     vf.add_argument("converted", metavar="CONVERTED", help="the converted model file or folder")
     vf.add_argument("--features", required=True,
@@ -217,7 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--export-onnx", action="store_true",
                     help="also export both heads to ONNX in --out and check ONNX Runtime against the framework")
     vf.add_argument("--out", default="equivtest-verify", help="report folder (default: ./equivtest-verify)")
-    vf.add_argument("--json", action="store_true", help="print the JSON report on stdout (human output to stderr)")
 
     w = sub.add_parser("write-features", help="write features in the seed's h5 schema (train, label, test)")
     w.add_argument("out", metavar="OUT", help="the h5 file to write (its folder must exist)")

@@ -36,6 +36,24 @@ DEFAULT_SEED = 20180520
 SURROGATE_SHAPE = (25000, 2048)
 
 
+class _Rows:
+    """A dataset's ``X`` or ``y`` at the split's train (0) or val (1) rows: C-contiguous, made once and kept
+    in the instance (as ``functools.cached_property`` keeps a value)."""
+
+    def __init__(self, array: str, part: int):
+        self.array, self.part = array, part
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None) -> np.ndarray:
+        if obj is None:
+            return self
+        rows = np.ascontiguousarray(getattr(obj, self.array)[obj.split_indices[self.part]])
+        obj.__dict__[self.name] = rows
+        return rows
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Features ``X`` (N, D) float32 and labels ``y`` (N,) int64 in {0, 1}, split once.
@@ -70,21 +88,10 @@ class Dataset:
             return self._split
         return stratified_split(self.y, self.val_fraction, self.split_seed, where=_where(self.source))
 
-    @cached_property
-    def X_train(self) -> np.ndarray:
-        return np.ascontiguousarray(self.X[self.split_indices[0]])
-
-    @cached_property
-    def y_train(self) -> np.ndarray:
-        return self.y[self.split_indices[0]]
-
-    @cached_property
-    def X_val(self) -> np.ndarray:
-        return np.ascontiguousarray(self.X[self.split_indices[1]])
-
-    @cached_property
-    def y_val(self) -> np.ndarray:
-        return self.y[self.split_indices[1]]
+    X_train = _Rows("X", 0)
+    y_train = _Rows("y", 0)
+    X_val = _Rows("X", 1)
+    y_val = _Rows("y", 1)
 
     def features(self, part: str, dtype: str = "float32") -> np.ndarray:
         """``X_train`` or ``X_val`` (``part`` = "train" / "val") in ``dtype``, converted once and kept."""

@@ -14,16 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import atomic
-from .core import (
-    LOGITS,
-    SIGMOID,
-    SOFTMAX,
-    ConversionError,
-    Converted,
-    convert_weights,
-    dtype_name,
-    target_units,
-)
+from . import core
+from .core import LOGITS, SIGMOID, SOFTMAX, ConversionError
 
 _ACT = {"Softmax": SOFTMAX, "Sigmoid": SIGMOID}
 
@@ -72,7 +64,7 @@ class OnnxHead:
         from onnx import numpy_helper
 
         w = numpy_helper.to_array(self._init(self.w_name))
-        dtype = dtype_name(w.dtype)
+        dtype = core.dtype_name(w.dtype)
         w64 = np.asarray(w, dtype=np.float64) * self.scale[0]
         w64 = w64 if self.transposed else w64.T
         b = None
@@ -148,7 +140,7 @@ def find_head(path, model, *, units=(1, 2)) -> OnnxHead:
     return head
 
 
-def converted_model(head: OnnxHead, conv: Converted, *, to: str):
+def converted_model(head: OnnxHead, conv: core.Converted, *, to: str):
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
@@ -175,7 +167,7 @@ def converted_model(head: OnnxHead, conv: Converted, *, to: str):
             else:
                 node.op_type = "Softmax"
                 node.attribute.extend([helper.make_attribute("axis", -1)])
-    k_new = target_units(to)[1]
+    k_new = core.target_units(to)[1]
     dims = g.output[0].type.tensor_type.shape.dim
     if len(dims):
         dims[len(dims) - 1].Clear()
@@ -190,12 +182,12 @@ def converted_model(head: OnnxHead, conv: Converted, *, to: str):
 def convert(path, out, *, to: str, split: str, layer: str | None):
     onnx = _onnx()
     model = load(path)
-    head = find_head(path, model, units=target_units(to)[0])
+    head = find_head(path, model, units=core.target_units(to)[0])
     if layer is not None and layer not in (head.matmul.name, head.w_name):
         raise ConversionError(path, f"has no head named '{layer}' (its head is the "
                                     f"{head.matmul.op_type} '{head.matmul.name}' with weight '{head.w_name}')")
     w, b, dtype = head.weights()
-    conv = convert_weights(w, b, to=to, split=split, dtype=dtype)
+    conv = core.convert_weights(w, b, to=to, split=split, dtype=dtype)
     new = converted_model(head, conv, to=to)
     with atomic.atomic_path(out) as tmp:
         onnx.save(new, str(tmp))
@@ -234,7 +226,7 @@ class OnnxModel:
             raise ConversionError(path, f"has {len(inputs)} inputs; equivtest feeds one features array")
         self.input_name = inputs[0].name
         tt = inputs[0].type.tensor_type
-        self.input_dtype = dtype_name(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        self.input_dtype = core.dtype_name(helper.tensor_dtype_to_np_dtype(tt.elem_type))
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)[1:]
         probe = type(self.model)()
         probe.CopyFrom(self.model)
