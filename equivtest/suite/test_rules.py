@@ -16,8 +16,9 @@ from equivtest.rules import sigmoid_plan
 from .helpers import train_pair
 from .tiers import FIRST
 
-#: the fast tier runs this module on one backend; the slow tier on every selected one
-pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
+#: the fast tier runs this module on one backend in float32 (float64 cells check the same rules at another
+#: precision: the slow tier); the slow tier on every selected one
+pytestmark = pytest.mark.fast_cells(dict(backend=FIRST, dtype="float32"))
 
 TOL = TOLERANCES["float32"]
 DTYPES = pytest.mark.parametrize("dtype", ["float32", "float64"])
