@@ -297,12 +297,12 @@ def test_a_network_moved_between_frameworks_predicts_the_same(body, dtype, atol)
     with torch.no_grad():
         got_torch = torch.softmax(model(torch.as_tensor(x)), dim=1)[:, 1].numpy()
     with floatx(dtype):
-        inputs, body_layers, dense, out = build(net, "softmax", dtype)
-        kmodel = keras.Model(inputs, out)
-        for layer, (k, b) in zip(body_layers, bw):
+        layers = build(net, "softmax", dtype)
+        kmodel = keras.Model(layers.inputs[0], layers.plain)  # the network without dropout
+        for layer, (k, b) in zip(layers.body, bw):
             layer.set_weights([k.astype(dtype), b.astype(dtype)])
-        dense.set_weights([hw.kernel.astype(dtype), hw.bias.astype(dtype)])
-        got_keras = kmodel.predict([x, np.ones((len(x), net.dropout_widths[0]), dtype)], verbose=0)[:, 1]
+        layers.dense.set_weights([hw.kernel.astype(dtype), hw.bias.astype(dtype)])
+        got_keras = kmodel.predict(x, verbose=0)[:, 1]
     assert np.max(np.abs(got_torch - want)) <= atol
     assert np.max(np.abs(got_keras - want)) <= atol
     assert np.max(np.abs(got_keras - got_torch)) <= atol

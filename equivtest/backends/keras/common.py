@@ -8,7 +8,6 @@ importer decides ``KERAS_BACKEND`` before importing this module.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -18,29 +17,6 @@ from ...heads import SOFTMAX, UNITS
 from ...plan import Plan
 
 
-class PlanDropout(keras.layers.Layer):
-    """Inverted dropout with a mask given as an input: ``x * scale`` where kept, else 0.
-
-    The mask is boolean, or 0/1 in a float dtype (a strategy's ``fit`` averages its
-    first batch's inputs across replicas, which it cannot do for booleans).
-    """
-
-    def __init__(self, scale: float, **kw):
-        super().__init__(**kw)
-        self.scale = float(scale)
-
-    def call(self, x, mask):
-        scale = ops.convert_to_tensor(self.scale, dtype=x.dtype)  # ops.cast would round via float32
-        keep = mask if mask.dtype == "bool" else ops.not_equal(mask, 0)
-        return ops.where(keep, x * scale, ops.zeros_like(x))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
-
-
 def hits(head: str, y_true, y_pred):
     """Which predictions are right, from probabilities and one-hot / 0-1 targets, as Keras tensors."""
     if head == SOFTMAX:
@@ -48,29 +24,47 @@ def hits(head: str, y_true, y_pred):
     return ops.equal(ops.cast(y_pred[:, 0] > 0.5, "int32"), ops.cast(y_true[:, 0] > 0.5, "int32"))
 
 
+def head_row(head: str, kernel, bias):
+    """The head's parameters in sigmoid coordinates, one row: ``[w1 - w0, b1 - b0]`` for softmax,
+    ``[w, b]`` for sigmoid (what ``Trajectory.history`` keeps after every step)."""
+    if head == SOFTMAX:
+        return ops.concatenate([kernel[:, 1] - kernel[:, 0], ops.reshape(bias[1] - bias[0], (1,))])
+    return ops.concatenate([kernel[:, 0], bias])
+
+
 class StepFigures(keras.metrics.Metric):
-    """Each step's loss figure and number of correct predictions, written by a ``train_step`` (:meth:`record`).
+    """Each step's loss figure and number of correct predictions, written by a ``train_step`` (:meth:`record`),
+    and with ``track`` (the head's Dense layer) the head's parameters after each step.
 
     Metric variables: under a strategy Keras keeps them per replica and sums them when read
     (``synchronization="on_read"``, ``aggregation="sum"``), so figures each replica records for its shard
     read as the global batch's.  ``fit`` does not reset an uncompiled metric: the caller does, each epoch.
     """
 
-    def __init__(self, capacity: int, dtype: str, name: str = "step_figures"):
+    def __init__(self, capacity: int, dtype: str, name: str = "step_figures", track=None, head: str | None = None):
         super().__init__(name=name, dtype=dtype)
         self.values = self.add_variable(shape=(capacity,), initializer="zeros", dtype=dtype, name="values")
         self.right = self.add_variable(shape=(capacity,), initializer="zeros", dtype="int32", name="right")
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
+        self.track, self.head = track, head
+        if track is not None:
+            d = track.kernel.shape[0]
+            self.history = self.add_variable(shape=(capacity, d + 1), initializer="zeros", dtype=dtype,
+                                             name="history")
 
     def record(self, value, right) -> None:
         count = self.count.value  # .value: the backend tensor (this replica's copy, in replica context)
         i = ops.reshape(count, (1,))
         self.values.assign(ops.slice_update(self.values.value, i, ops.reshape(ops.cast(value, self.dtype), (1,))))
         self.right.assign(ops.slice_update(self.right.value, i, ops.reshape(ops.cast(right, "int32"), (1,))))
+        if self.track is not None:  # recorded after the step's update
+            row = head_row(self.head, self.track.kernel.value, self.track.bias.value)
+            start = ops.pad(i, [[0, 1]])  # (step, 0)
+            self.history.assign(ops.slice_update(self.history.value, start, ops.cast(row[None, :], self.dtype)))
         self.count.assign(count + 1)
 
     def update_state(self, *args, **kwargs):
-        raise TypeError("StepFigures is written by record(value, right)")  # StepRecorder: a compiled metric
+        raise TypeError("StepFigures is written by record(value, right)")
 
     def result(self):
         return ops.cast(self.count.value, self.dtype)
@@ -86,36 +80,9 @@ class StepFigures(keras.metrics.Metric):
             values = np.asarray(values, dtype=np.float64) / divide_by[:k]
         return values, np.asarray(ops.convert_to_numpy(self.right))[:k]
 
-
-class StepRecorder(StepFigures):
-    """A compiled (weighted) metric: each training step's mean batch loss and number of correct predictions.
-
-    Keras's own ``loss`` log is a running mean; this keeps the per-step values.
-    ``reset_state`` (called by ``fit`` at each epoch start) rewinds the counter.
-    """
-
-    def __init__(self, head: str, capacity: int, dtype: str, loss: keras.losses.Loss, track=None,
-                 name: str = "step_recorder"):
-        super().__init__(capacity, dtype, name=name)
-        self.head = head
-        self.loss = loss
-        self.track = track  # a Dense layer whose weights (after the step's update) are kept, or None
-        if track is not None:
-            d = track.kernel.shape[0]
-            self.history = self.add_variable(shape=(capacity, d + 1), initializer="zeros", dtype=dtype,
-                                             name="history")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        loss = self.loss(y_true, y_pred, sample_weight=sample_weight)  # the compiled loss: same value
-        if self.track is not None:  # metrics run after the optimizer's update in Keras's train_step
-            k, b = self.track.kernel.value, self.track.bias.value
-            if self.head == SOFTMAX:
-                row = ops.concatenate([k[:, 1] - k[:, 0], ops.reshape(b[1] - b[0], (1,))])
-            else:
-                row = ops.concatenate([k[:, 0], b])
-            start = ops.pad(ops.reshape(self.count.value, (1,)), [[0, 1]])  # (step, 0)
-            self.history.assign(ops.slice_update(self.history.value, start, ops.cast(row[None, :], self.dtype)))
-        self.record(loss, ops.sum(ops.cast(hits(self.head, y_true, y_pred), "int32")))
+    def rows(self, k: int) -> np.ndarray | None:
+        """The head's parameters after each of the first ``k`` steps, or None without ``track``."""
+        return None if self.track is None else ops.convert_to_numpy(self.history)[:k]
 
 
 def keras_loss(head: str, plan: Plan, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
@@ -140,21 +107,11 @@ def keras_targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
     return y.astype(dtype)[:, None]
 
 
-def dense_layer(head: str, dtype: str, plan: Plan | None = None) -> keras.layers.Dense:
-    act = "softmax" if head == SOFTMAX else "sigmoid"
-    reg = {}
-    if plan is not None and plan.optimizer.weight_decay and plan.optimizer.decay == "coupled":
-        # coupled decay wd * w in the gradient = an L2 penalty (wd / 2) ||w||^2 on kernel and bias
-        l2 = plan.optimizer.weight_decay / 2
-        reg = {"kernel_regularizer": keras.regularizers.L2(l2), "bias_regularizer": keras.regularizers.L2(l2)}
-    if plan is not None and plan.autocast == "bfloat16":
-        dtype = "mixed_bfloat16"  # Keras's mixed precision: bfloat16 compute, float32 variables
-    return keras.layers.Dense(UNITS[head], activation=act, dtype=dtype, name=f"{head}_head", **reg)
-
-
-def plain_model(head: str, d: int, dtype: str, dense=None) -> keras.Model:
+def plain_model(head: str, d: int, dtype: str) -> keras.Model:
+    """The head alone, for predictions and parameter counts."""
     x = keras.Input((d,), dtype=dtype, name="features")
-    dense = dense or dense_layer(head, dtype)
+    dense = keras.layers.Dense(UNITS[head], activation="softmax" if head == SOFTMAX else "sigmoid", dtype=dtype,
+                               name=f"{head}_head")
     return keras.Model(x, dense(x), name=f"{head}_eval")
 
 
@@ -189,46 +146,6 @@ def reset_optimizer(opt, lr: float) -> None:
         raise RuntimeError("could not set the optimizer's learning rate on a cached model")
 
 
-
-@dataclass
-class Compiled:
-    model: keras.Model
-    dense: keras.layers.Dense
-    recorder: StepRecorder
-    evaluator: keras.Model
-
-
-def build(head: str, d: int, plan: Plan, masks: str, steps: int, record_history: bool = False,
-          steps_per_execution: int = 1, masks_in_model: bool = True) -> Compiled:
-    """The training model, its recorder and evaluator.
-
-    The plan's masks are a second model input (``PlanDropout``), or, with
-    ``masks_in_model=False``, applied by the caller's input pipeline to the
-    features the model receives; ``masks="native"`` uses Keras's Dropout.
-    """
-    dt = plan.dtype
-    dense = dense_layer(head, dt, plan)
-    x_in = keras.Input((d,), dtype=dt, name="features")
-    if masks == "plan" and plan.dropout > 0 and masks_in_model:
-        m_in = keras.Input((d,), dtype="bool", name="keep_mask")
-        model = keras.Model([x_in, m_in], dense(PlanDropout(plan.mask_scale, dtype=dt)(x_in, m_in)))
-    elif masks == "native" and plan.dropout > 0:
-        drop = keras.layers.Dropout(plan.dropout, seed=plan.native_seed, dtype=dt)
-        model = keras.Model(x_in, dense(drop(x_in)))
-    else:
-        model = keras.Model(x_in, dense(x_in))
-    loss = keras_loss(head, plan)
-    recorder = StepRecorder(head, steps, dt, loss, track=dense if record_history else None)
-    # a weighted metric: it receives the same sample weights (class_weight) as the loss
-    model.compile(optimizer=make_optimizer(plan), loss=loss, weighted_metrics=[recorder],
-                  steps_per_execution=steps_per_execution, jit_compile=False)
-    evaluator = plain_model(head, d, dt, dense)
-    # val_loss is the data loss: a metric, since evaluate()'s "loss" adds the L2 penalties
-    data_loss = keras.metrics.MeanMetricWrapper(keras_loss(head, plan), name="data_loss")
-    evaluator.compile(loss=keras_loss(head, plan), metrics=["accuracy", data_loss], jit_compile=False)
-    return Compiled(model, dense, recorder, evaluator)
-
-
 @contextlib.contextmanager
 def floatx(dtype: str):
     """Losses, metrics and the optimizer's learning rate in the plan's dtype, for one run."""
@@ -238,44 +155,3 @@ def floatx(dtype: str):
         yield
     finally:
         keras.config.set_floatx(previous)
-
-
-def train_epochs(backend: str, c: Compiled, head: str, init, plan: Plan, n: int, fit_epoch, evaluate,
-                 callback=None, record_history: bool = False):
-    """The Keras epoch loop every Keras backend runs: returns a :class:`~equivtest.trajectory.Trajectory`.
-
-    ``fit_epoch(epoch)`` runs ``Model.fit`` for one epoch on that epoch's plan
-    order and masks (each backend feeds them its own way: a cached tf.data
-    pipeline in-process, NumPy arrays in a worker); ``evaluate()`` returns the
-    evaluator's dict.  The recorder's per-step losses, correct counts and
-    (optionally) parameters are read after each epoch, a non-finite loss or
-    weight stops the run, and ``callback(epoch, logs)`` gets Keras-style figures.
-    """
-    from ...heads import Weights
-    from ...trajectory import Trajectory
-    from .._base import all_finite, batch_sizes, check_finite, epoch_logs
-
-    dt = plan.dtype
-    steps = plan.steps_per_epoch(n)
-    sizes = batch_sizes(plan, n)
-    c.dense.set_weights([init.kernel.astype(dt), init.bias.astype(dt)])
-    reset_optimizer(c.model.optimizer, plan.lr)
-    losses, correct, history, val_loss, val_acc = [], [], [], [], []
-    for epoch in range(plan.epochs):
-        fit_epoch(epoch)
-        losses.append(ops.convert_to_numpy(c.recorder.values))
-        correct.append(ops.convert_to_numpy(c.recorder.right))
-        check_finite(backend, head, losses[-1], epoch * steps,
-                     all_finite(*(ops.convert_to_numpy(v) for v in c.dense.weights)))
-        if record_history:
-            history.append(ops.convert_to_numpy(c.recorder.history))
-        ev = evaluate()
-        val_loss.append(ev["data_loss"])
-        val_acc.append(ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"])
-        if callback is not None:
-            callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], val_loss[-1], val_acc[-1]))
-    kernel, bias = (ops.convert_to_numpy(v) for v in c.dense.weights)
-    return Trajectory.from_steps(
-        np.concatenate(losses), np.concatenate(correct), sizes, steps, val_loss, val_acc,
-        Weights(kernel, bias), {}, history=np.concatenate(history) if record_history else None,
-    )

@@ -15,6 +15,8 @@ under :mod:`.parallel`'s engine.  (A head on one worker is trained by ``fit`` on
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ...heads import SOFTMAX, UNITS, Weights
@@ -23,9 +25,25 @@ from ...plan import Plan
 from ...trajectory import Trajectory
 
 
-def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None, autocast: str | None = None):
-    """The network's layers in Keras: (inputs [x, mask], body layers, head layer, output).
+class Layers(NamedTuple):
+    """A network's Keras layers: ``inputs`` (the features, and the masks where they are an input), the body's
+    layers, the head, the training output and the output without dropout (what evaluation runs)."""
 
+    inputs: list
+    body: list
+    dense: object
+    out: object
+    plain: object
+
+
+def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None, autocast: str | None = None,
+          drop: str | None = None, plan: Plan | None = None) -> Layers:
+    """The network's layers in Keras, with dropout where the network has it: after the first hidden layer
+    (``mlp``), after the pooling (``cnn``), on the features (``none``, the seed's head).
+
+    ``drop``: None (no dropout); ``"plan"``, the plan's masks as a second input that multiplies the
+    activations, or, for body ``none``, applied to the features by the caller's input pipeline (the model's
+    input is the masked features); ``"native"``, Keras's ``Dropout`` seeded from the plan.
     ``autocast="bfloat16"``: every layer under Keras's ``mixed_bfloat16`` policy (bfloat16 compute, float32
     variables), as for the head alone; the inputs, the masks and the loss stay in the plan's dtype."""
     import keras
@@ -33,109 +51,261 @@ def build(net: Network, head: str, dt: str, body_reg=None, head_reg=None, autoca
     layer_dt = "mixed_bfloat16" if autocast == "bfloat16" else dt
     regs = {"kernel_regularizer": body_reg, "bias_regularizer": body_reg, "dtype": layer_dt}
     a, b = net.widths
-    x_in = keras.Input(net.input_shape, dtype=dt)
-    m_in = keras.Input((net.dropout_widths[0],), dtype=dt)
     if net.body == "mlp":
         body = [keras.layers.Dense(a, activation="relu", **regs), keras.layers.Dense(b, activation="relu", **regs)]
-        h = body[1](body[0](x_in) * m_in)
     elif net.body == "cnn":
         body = [keras.layers.Conv2D(a, 3, activation="relu", **regs),
                 keras.layers.Conv2D(b, 3, activation="relu", **regs)]
-        h = keras.layers.GlobalAveragePooling2D(dtype=layer_dt)(body[1](body[0](x_in))) * m_in
+        pool = keras.layers.GlobalAveragePooling2D(dtype=layer_dt)
     else:
-        body, h = [], x_in * m_in
+        body = []
     dense = keras.layers.Dense(UNITS[head], activation="softmax" if head == SOFTMAX else "sigmoid",
-                               kernel_regularizer=head_reg, bias_regularizer=head_reg, dtype=layer_dt)
-    return [x_in, m_in], body, dense, dense(h)
+                               kernel_regularizer=head_reg, bias_regularizer=head_reg, dtype=layer_dt,
+                               name=f"{head}_head")
+    x_in = keras.Input(net.input_shape, dtype=dt)
+    inputs = [x_in]
+    if drop == "plan" and net.body != "none":
+        inputs.append(keras.Input((net.dropout_widths[0],), dtype=dt))
+        dropout = lambda h: h * inputs[1]  # noqa: E731
+    elif drop == "native":
+        dropout = keras.layers.Dropout(plan.dropout, seed=plan.native_seed, dtype=dt)
+    else:
+        dropout = None
+
+    def forward(x, dropout):
+        h = x
+        if net.body == "mlp":
+            h = body[0](h)
+        elif net.body == "cnn":
+            h = pool(body[1](body[0](h)))
+        if dropout is not None:
+            h = dropout(h)
+        if net.body == "mlp":
+            h = body[1](h)
+        return dense(h)
+
+    return Layers(inputs, body, dense, forward(x_in, dropout), forward(x_in, None))
 
 
 def count_params(net: Network, head: str) -> int:
     """Keras's own count for the network (``Model.count_params()``)."""
     import keras
 
-    inputs, _, _, out = build(net, head, "float32")
-    return int(keras.Model(inputs, out).count_params())
+    layers = build(net, head, "float32")
+    return int(keras.Model(layers.inputs, layers.out).count_params())
+
+
+def head_alone(plan: Plan, d: int) -> tuple[Network, GroupRates]:
+    """The seed's head as a network: body ``none`` on ``d`` features, at the plan's rate and decay."""
+    return Network("none", (d,)), GroupRates(0.0, plan.lr, 0.0, plan.optimizer.weight_decay)
+
+
+def train_head(backend, head: str, init: Weights, plan: Plan, data, device: str = "cpu", **kw) -> Trajectory:
+    """The seed's head: :func:`train_network` with body ``none`` (``kw``: its options), as a head's
+    trajectory (no body, no group rates)."""
+    net, rates = head_alone(plan, data.X_train.shape[1])
+    traj = train_network(backend, net, head, [], init, plan, data, rates, device, **kw)
+    for key in ("body", "rates"):
+        traj.meta.pop(key)
+    traj.body = None
+    return traj
 
 
 def train_network(backend, net: Network, head: str, body_init, head_init: Weights, plan: Plan, data,
-                  rates: GroupRates, device: str = "cpu", *, world: int = 1, weighted: bool = True) -> Trajectory:
+                  rates: GroupRates, device: str = "cpu", *, world: int = 1, weighted: bool = True,
+                  masks: str = "plan", callback=None, record_history: bool = False) -> Trajectory:
     """Keras's one training function: a network (body ``none`` is the seed's head), on ``world`` workers.
 
     On TensorFlow and PyTorch, ``fit`` with the two-optimizer ``train_step``; on JAX, the from-scratch loop.
     ``world > 1`` is the same function under the engine of :mod:`.parallel` (``MirroredStrategy`` on
     TensorFlow, ``keras.distribution.DataParallel`` on JAX; Keras on PyTorch has none).  Every option of the
     plan is read here: class weights and (under a strategy, ``weighted``) 1 / (the global batch's size) are
-    each row's sample weight, coupled decay is each group's L2 penalty, the masks a second input.
+    each row's sample weight, coupled decay is each group's L2 penalty, the masks a second input (or, for the
+    head alone, applied to its features), ``masks="native"`` Keras's Dropout.  On one worker the epoch's
+    batches come from the backend's input pipeline where it has one (TensorFlow: a cached ``tf.data``
+    pipeline over host variables, and the built model is cached with its traced functions), validation is
+    ``evaluate`` on the model without dropout, ``record_history`` keeps the head's parameters after every
+    step and ``callback(epoch, logs)`` gets Keras-style figures.
     """
     import keras
 
-    from .._base import all_finite, batch_sizes, check_finite
-    from .common import StepFigures, floatx, keras_loss
+    from .._base import all_finite, batch_sizes, check_finite, epoch_logs
+    from .common import floatx
 
     kind = keras.backend.backend()
     if kind not in ("tensorflow", "torch", "jax"):
         raise NotImplementedError(f"backend '{backend.name}' does not train whole networks on Keras's {kind}")
     _refuse(backend.name, plan, world, net)
+    if masks not in ("plan", "native") or (masks == "native" and world > 1):
+        from ...errors import InputError
+
+        raise InputError(f"backend '{backend.name}' takes masks 'plan' (or 'native' on one worker), got {masks!r}"
+                         f" on {world} worker(s)")
     place, engine = _places(backend, kind, world, device)
     dt = plan.dtype
     n = len(data.y_train)
     steps, sizes = plan.steps_per_epoch(n), batch_sizes(plan, n)
     # TensorFlow's replicas each sum their rows' weighted losses, so the summed gradients are the global mean's
     scaled = world > 1 and weighted and kind == "tensorflow"
-    decays = coupled_decays(plan, rates)
-    X, Y, Xv, Yv, ones_v = arrays(net, head, data, dt)
-    class_w = row_weights(plan, data, dt)
-    shares = _batch_shares(plan, n) if scaled else None
-    run_epoch = None
+    drop = masks if plan.dropout > 0 else None
+    pipeline = getattr(backend, "keras_pipeline", None) if world == 1 else None
     with floatx(dt), place():
+        feed = (pipeline or ArrayFeed)(net, head, plan, data, drop, scaled)
         with engine():
-            body_opt, head_opt = group_optimizers(plan, rates)
-            # coupled decay: fit adds the layers' L2 regularizers (model.losses); the JAX step adds the penalties
-            regs = [keras.regularizers.L2(decay / 2) if decay and kind != "jax" else None for decay in decays]
-            inputs, body, dense, out = build(net, head, dt, *regs, autocast=plan.autocast)
-            body_vars, head_vars = group_variables(body, dense, body_opt, head_opt)
-            loss_fn = keras_loss(head, plan, "sum" if scaled else "sum_over_batch_size")
-            if kind == "jax":
-                model = keras.Model(inputs, out)
+            if pipeline is not None and drop != "native":  # built once per configuration, its functions traced
+                key = ("network", net, head, drop, steps, record_history, device, plan.replace(
+                    lr=1.0, seed=0, mask_stream=0, epochs=1, class_weight=None),
+                    rates.body_lr > 0, rates.body_decay, rates.head_decay)
+                m = backend.cached(key, lambda: Built(kind, net, head, plan, rates, steps, world, scaled, drop,
+                                                      record_history))
             else:
-                figures = StepFigures(steps, dt)
-                per_row = keras_loss(head, plan, reduction=None) if world > 1 else None
-                model = _fit_model(kind, inputs, out, loss_fn, per_row, figures, head,
-                                   (body_opt, body_vars), (head_opt, head_vars))
-            set_initial(body, dense, body_init, head_init, dt)
-            if kind == "jax":
-                run_epoch = _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head, decays)
-        losses, correct, val_loss, val_acc = [], [], [], []
+                m = Built(kind, net, head, plan, rates, steps, world, scaled, drop, record_history)
+            m.start(body_init, head_init, rates, dt)
+        losses, correct, history, val_loss, val_acc = [], [], [], [], []
         for epoch in range(plan.epochs):
-            order = plan.batch_order(epoch, n)
-            masks = scaled_masks(plan, epoch, n, net.dropout_widths[0], dt)
-            sw = _epoch_weights(class_w, order, shares)
             with engine():
-                if kind == "jax":
-                    step_loss, step_right = run_epoch(plan.batch_bounds(n), X[order], masks, Y[order], sw)
-                else:
-                    figures.reset_state()
-                    model.fit([X[order], masks], Y[order], sample_weight=sw, batch_size=plan.batch_size, epochs=1,
-                              shuffle=False, verbose=0)
-                    # on N workers each replica adds its rows' (weighted) losses: the global batch's sum
-                    step_loss, step_right = figures.read(steps, None if world == 1 or scaled else sizes)
+                step_loss, step_right, rows = m.fit_epoch(feed, epoch, None if world == 1 or scaled else sizes)
             losses.append(step_loss)
             correct.append(step_right)
-            check_finite(backend.name, head, step_loss, epoch * steps, all_finite(*_values(model, run_epoch)))
-            # outside any strategy, whose scope would scale a Keras loss by 1/N
-            vl, va = val_figures(keras_loss(head, plan), head, _predict(model, [Xv, ones_v], run_epoch, world), Yv,
-                                 data.y_val)
+            history.append(rows)
+            check_finite(backend.name, head, step_loss, epoch * steps, all_finite(*m.values()))
+            vl, va = m.validate(feed)  # outside any strategy, whose scope would scale a Keras loss by 1/N
             val_loss.append(vl)
             val_acc.append(va)
-    if run_epoch is not None:
-        run_epoch.state.write_back()
-    traj = network_trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc, dense,
-                              body, device)
+            if callback is not None:
+                callback(epoch, epoch_logs(losses[-1], correct[-1], sizes[:steps], vl, va))
+        m.finish()
+    traj = network_trajectory(backend.name, net, head, plan, rates, n, losses, correct, val_loss, val_acc,
+                              m.layers.dense, m.layers.body, device)
+    if record_history:
+        traj.history = np.concatenate(history)
     if world > 1:
         from .parallel import engine_meta
 
         traj.meta.update(engine_meta(backend.name, world, weighted and kind != "jax"))
     return traj
+
+
+class Built:
+    """One built network and what trains it: the layers, each group's optimizer, the training model (``fit``
+    with the two-group ``train_step``, or on JAX the from-scratch loop), the step figures and, on one
+    worker, the evaluator.  A cached one starts each run afresh (:meth:`start`)."""
+
+    def __init__(self, kind: str, net: Network, head: str, plan: Plan, rates: GroupRates, steps: int, world: int,
+                 scaled: bool, drop: str | None, record_history: bool):
+        import keras
+
+        from .common import StepFigures, keras_loss
+
+        dt = plan.dtype
+        self.kind, self.world, self.head, self.steps = kind, world, head, steps
+        decays = coupled_decays(plan, rates)
+        self.body_opt, self.head_opt = group_optimizers(plan, rates)
+        # coupled decay: fit adds the layers' L2 regularizers (model.losses); the JAX step adds the penalties
+        regs = [keras.regularizers.L2(decay / 2) if decay and kind != "jax" else None for decay in decays]
+        self.layers = build(net, head, dt, *regs, autocast=plan.autocast, drop=drop, plan=plan)
+        body_vars, head_vars = group_variables(self.layers.body, self.layers.dense, self.body_opt, self.head_opt)
+        loss_fn = keras_loss(head, plan, "sum" if scaled else "sum_over_batch_size")
+        track = self.layers.dense if record_history else None
+        self.run_epoch = None
+        if kind == "jax":
+            self.model = keras.Model(self.layers.inputs, self.layers.out)
+            self._jax = (loss_fn, body_vars, head_vars, decays, track is not None)
+        else:
+            self.figures = StepFigures(steps, dt, track=track, head=head)
+            per_row = keras_loss(head, plan, reduction=None) if world > 1 else None
+            self.model = _fit_model(kind, self.layers.inputs, self.layers.out, loss_fn, per_row, self.figures, head,
+                                    (self.body_opt, body_vars), (self.head_opt, head_vars),
+                                    steps_per_execution=steps if kind == "tensorflow" and world == 1 else 1)
+        self.val_loss = keras_loss(head, plan)
+        self.evaluator = None
+        if world == 1:  # validation: Keras's evaluate on the network without dropout
+            self.evaluator = keras.Model(self.layers.inputs[0], self.layers.plain)
+            data_loss = keras.metrics.MeanMetricWrapper(keras_loss(head, plan), name="data_loss")
+            self.evaluator.compile(loss=keras_loss(head, plan), metrics=["accuracy", data_loss], jit_compile=False)
+
+    def start(self, body_init, head_init: Weights, rates: GroupRates, dt: str) -> None:
+        """A run's initial weights, fresh optimizer states at the run's rates (a cached model's were used)."""
+        from .common import reset_optimizer
+
+        set_initial(self.layers.body, self.layers.dense, body_init, head_init, dt)
+        for opt, lr in ((self.body_opt, rates.body_lr), (self.head_opt, rates.head_lr)):
+            if opt is not None:
+                reset_optimizer(opt, lr)
+        if self.kind == "jax":
+            loss_fn, body_vars, head_vars, decays, track = self._jax
+            self.run_epoch = _jax_epoch(self.model, loss_fn, self.body_opt, self.head_opt, body_vars, head_vars,
+                                        self.head, decays, track)
+
+    def fit_epoch(self, feed, epoch: int, divide_by):
+        """One epoch: (each step's loss, its correct count, the head's parameters after it or None)."""
+        if self.run_epoch is not None:
+            return self.run_epoch(feed.bounds, *feed.arrays(epoch))
+        self.figures.reset_state()
+        self.model.fit(**feed.fit_args(epoch), epochs=1, shuffle=False, verbose=0)
+        # on N workers each replica adds its rows' (weighted) losses: the global batch's sum
+        return (*self.figures.read(self.steps, divide_by), self.figures.rows(self.steps))
+
+    def values(self) -> list:
+        """The model's trainable values as NumPy arrays (on JAX they live in the loop's state until written)."""
+        return _values(self.model, self.run_epoch)
+
+    def validate(self, feed) -> tuple[float, float]:
+        """(val_loss, val_accuracy): ``evaluate`` on one worker; a direct call outside the engine on N."""
+        if self.evaluator is not None:
+            if self.run_epoch is not None:
+                self.run_epoch.state.write_back()
+            ev = self.evaluator.evaluate(**feed.val_args(), verbose=0, return_dict=True)
+            return ev["data_loss"], ev["accuracy"] if "accuracy" in ev else ev["compile_metrics"]
+        return val_figures(self.val_loss, self.head,
+                           _predict(self.model, feed.val_inputs(), self.run_epoch, self.world), *feed.val_targets())
+
+    def finish(self) -> None:
+        if self.run_epoch is not None:
+            self.run_epoch.state.write_back()
+
+
+class ArrayFeed:
+    """An epoch's batches as NumPy arrays, in the plan's order: the features (masked, for the head alone), the
+    masks (for a body), the targets and each row's sample weight (its class weight, times 1 / (its global
+    batch's size) when the replicas' losses are sums: ``scaled``)."""
+
+    def __init__(self, net: Network, head: str, plan: Plan, data, drop: str | None, scaled: bool):
+        dt = plan.dtype
+        self.net, self.plan, self.drop = net, plan, drop
+        self.X, self.Y, self.Xv, self.Yv = arrays(head, data, dt)
+        self.y_val = data.y_val
+        n = len(self.Y)
+        self.bounds = plan.batch_bounds(n)
+        self.class_w = row_weights(plan, data, dt)
+        self.shares = _batch_shares(plan, n) if scaled else None
+
+    def arrays(self, epoch: int):
+        """(inputs, targets, sample weights or None) of the epoch."""
+        n = len(self.Y)
+        order = self.plan.batch_order(epoch, n)
+        x = self.X[order]
+        inputs = [x]
+        if self.drop == "plan":
+            m = scaled_masks(self.plan, epoch, n, self.net.dropout_widths[0], self.plan.dtype)
+            inputs = [x * m] if self.net.body == "none" else [x, m]  # the head's masks: on its features
+        return inputs, self.Y[order], _epoch_weights(self.class_w, order, self.shares)
+
+    def fit_args(self, epoch: int) -> dict:
+        inputs, y, sw = self.arrays(epoch)
+        return dict(x=inputs if len(inputs) > 1 else inputs[0], y=y, sample_weight=sw,
+                    batch_size=self.plan.batch_size)
+
+    def val_args(self) -> dict:
+        return dict(x=self.Xv, y=self.Yv, batch_size=max(len(self.Xv), 1))
+
+    def val_inputs(self):
+        if self.drop == "plan" and self.net.body != "none":
+            return [self.Xv, np.ones((len(self.Xv), self.net.dropout_widths[0]), self.plan.dtype)]
+        return self.Xv
+
+    def val_targets(self):
+        return self.Yv, self.y_val
 
 
 def _refuse(name: str, plan: Plan, world: int, net: Network) -> None:
@@ -181,7 +351,8 @@ def _epoch_weights(class_w, order, shares):
     return w
 
 
-def _fit_model(kind: str, inputs, out, loss_fn, per_row, figures, head: str, body_group, head_group):
+def _fit_model(kind: str, inputs, out, loss_fn, per_row, figures, head: str, body_group, head_group, *,
+               steps_per_execution: int = 1):
     """``fit`` with one optimizer per parameter group (Keras's documented ``train_step`` override):
     ``tf.GradientTape`` on TensorFlow, autograd on PyTorch, as Keras's guides to customising ``fit()`` write
     them.  Each group is ``(optimizer, variables)``; a frozen body has no variables.  ``figures`` keeps each
@@ -208,10 +379,10 @@ def _fit_model(kind: str, inputs, out, loss_fn, per_row, figures, head: str, bod
 
         class TwoGroups(keras.Model):
             def train_step(self, batch):
-                (x, m), y, sw = keras.utils.unpack_x_y_sample_weight(batch)
+                x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync
                 with tf.GradientTape() as tape:
-                    p = self((x, m), training=True)
+                    p = self(x, training=True)
                     loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's
                     # each replica's share: Keras scales a mean loss by 1/N itself (a summed one is already a
                     # share); the L2 penalties of coupled decay count once over the replicas
@@ -224,9 +395,9 @@ def _fit_model(kind: str, inputs, out, loss_fn, per_row, figures, head: str, bod
             def train_step(self, batch):
                 import torch
 
-                (x, m), y, sw = keras.utils.unpack_x_y_sample_weight(batch)
+                x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
                 self.zero_grad()
-                p = self((x, m), training=True)
+                p = self(x, training=True)
                 loss = loss_fn(y, p, sample_weight=sw)  # class weights: sum(w l) / B, as the head's
                 total = loss + sum(self.losses) if self.losses else loss
                 total.backward()
@@ -235,8 +406,8 @@ def _fit_model(kind: str, inputs, out, loss_fn, per_row, figures, head: str, bod
                     record(y, p.detach(), loss.detach(), sw)
                 return {"loss": loss}
 
-    model = TwoGroups(inputs, out)
-    model.compile(jit_compile=False)
+    model = TwoGroups(inputs if len(inputs) > 1 else inputs[0], out)
+    model.compile(jit_compile=False, steps_per_execution=steps_per_execution)
     return model
 
 
@@ -262,31 +433,36 @@ def _predict(model, inputs, run_epoch, world: int):
     return model.predict(inputs, batch_size=max(len(inputs[0]), 1), verbose=0)
 
 
-def _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str, decays=(0.0, 0.0)):
+def _jax_epoch(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str, decays=(0.0, 0.0),
+               track: bool = False):
     """Keras on JAX: ``fit``'s ``train_step`` is stateless and carries one optimizer, so the loop is the one
     Keras's guide "writing a training loop from scratch in JAX" writes: ``model.stateless_call``,
     ``jax.value_and_grad``, and each group's optimizer ``stateless_apply``-ed to its own variables.  Under a
     distribution each batch is placed by its data layout, so the jitted step runs sharded (GSPMD: the loss
-    is the global batch's mean).  ``run_epoch(bounds, X, masks, Y, w)`` returns each step's loss and correct
-    count; ``run_epoch.state`` carries the values between steps."""
+    is the global batch's mean).  ``run_epoch(bounds, inputs, Y, w)`` returns each step's loss, correct
+    count and (``track``) the head's parameters after it; ``run_epoch.state`` carries the values between
+    steps."""
     import jax
     import keras
 
-    step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head, decays))
+    step = jax.jit(jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head, decays, track))
     state = JaxState.of(model, body_opt if body_vars else None, head_opt)
 
-    def run_epoch(bounds, X, masks, Y, w=None):
+    def run_epoch(bounds, inputs, Y, w=None):
         dist = keras.distribution.distribution()
-        losses, rights = [], []
+        losses, rights, rows = [], [], []
         for s, t in bounds:
-            batch = [None if a is None else a[s:t] for a in (X, masks, Y, w)]
+            batch = [None if a is None else a[s:t] for a in (*inputs, Y, w)]
             if dist is not None:
                 batch = [None if a is None else jax.device_put(a, dist.get_data_layout(a.shape).backend_layout)
                          for a in batch]
-            loss, right, *state.values = step(*state.values, *batch)
+            *xs, y, wb = batch
+            loss, right, row, *state.values = step(*state.values, xs, y, wb)
             losses.append(loss)
             rights.append(right)
-        return np.asarray(jax.device_get(losses), dtype=np.float64), np.asarray(jax.device_get(rights))
+            rows.append(row)
+        rows = np.asarray(jax.device_get(rows)) if track else None
+        return np.asarray(jax.device_get(losses), dtype=np.float64), np.asarray(jax.device_get(rights)), rows
 
     run_epoch.state = state
     return run_epoch
@@ -332,17 +508,18 @@ def set_initial(body, dense, body_init, head_init: Weights, dt: str) -> None:
     dense.set_weights([head_init.kernel.astype(dt), head_init.bias.astype(dt)])
 
 
-def arrays(net: Network, head: str, data, dt: str):
-    """(X, Y, X_val, Y_val, ones for the validation masks) in the run's dtype, Y as the head's targets."""
+def arrays(head: str, data, dt: str):
+    """(X, Y, X_val, Y_val) in the run's dtype, Y as the head's targets."""
     from .common import keras_targets
 
-    Xv = data.X_val.astype(dt)
-    return (data.X_train.astype(dt), keras_targets(head, data.y_train, dt), Xv, keras_targets(head, data.y_val, dt),
-            np.ones((len(Xv), net.dropout_widths[0]), dtype=dt))
+    return (data.X_train.astype(dt, copy=False), keras_targets(head, data.y_train, dt),
+            data.X_val.astype(dt, copy=False), keras_targets(head, data.y_val, dt))
 
 
-def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str, decays=(0.0, 0.0)):
-    """The training step to jit: ``(tv, ntv, bov, hov, x, m, y) -> (loss, correct, tv, ntv, bov, hov)``.
+def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str, decays=(0.0, 0.0),
+             track: bool = False):
+    """The training step to jit: ``(tv, ntv, bov, hov, xs, y, w) -> (loss, correct, row, tv, ntv, bov, hov)``,
+    ``xs`` the model's inputs and ``row`` the head's parameters after the step (``track``; else 0).
 
     ``tv``/``ntv`` are the model's (non-)trainable values, ``bov``/``hov`` the body's and the head's optimizer
     variables; the body's optimizer is applied only when ``body_vars`` is not empty (a frozen body).
@@ -352,14 +529,14 @@ def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str
     import jax
     import jax.numpy as jnp
 
-    from .common import hits
+    from .common import head_row, hits
 
     order_of = {id(v): i for i, v in enumerate(model.trainable_variables)}
     ib, ih = [order_of[id(v)] for v in body_vars], [order_of[id(v)] for v in head_vars]
     penalties = [(decay / 2, idx) for decay, idx in zip(decays, (ib, ih)) if decay and idx]
 
-    def loss_of(tv, ntv, x, m, y, w):
-        p, ntv = model.stateless_call(tv, ntv, [x, m], training=True)
+    def loss_of(tv, ntv, xs, y, w):
+        p, ntv = model.stateless_call(tv, ntv, xs if len(xs) > 1 else xs[0], training=True)
         loss = loss_fn(y, p, sample_weight=w)
         total = loss
         for half, idx in penalties:
@@ -368,8 +545,8 @@ def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
-    def step(tv, ntv, bov, hov, x, m, y, w=None):
-        (_, (loss, p, ntv)), grads = grad_fn(tv, ntv, x, m, y, w)
+    def step(tv, ntv, bov, hov, xs, y, w=None):
+        (_, (loss, p, ntv)), grads = grad_fn(tv, ntv, xs, y, w)
         tv = list(tv)
         if ib:
             new_b, bov = body_opt.stateless_apply(bov, [grads[i] for i in ib], [tv[i] for i in ib])
@@ -378,7 +555,8 @@ def jax_step(model, loss_fn, body_opt, head_opt, body_vars, head_vars, head: str
         new_h, hov = head_opt.stateless_apply(hov, [grads[i] for i in ih], [tv[i] for i in ih])
         for i, v in zip(ih, new_h):
             tv[i] = v
-        return loss, jnp.sum(hits(head, y, p).astype("int32")), tv, ntv, bov, hov
+        row = head_row(head, *(tv[i] for i in ih)) if track else jnp.zeros(())
+        return loss, jnp.sum(hits(head, y, p).astype("int32")), row, tv, ntv, bov, hov
 
     return step
 

@@ -48,14 +48,7 @@ from ...heads import SOFTMAX, Weights  # noqa: E402
 from ...plan import Plan, tf32_requested  # noqa: E402
 from ...trajectory import Trajectory  # noqa: E402
 from .._base import BaseBackend  # noqa: E402
-from .common import (  # noqa: E402
-    Compiled,
-    build,
-    floatx,
-    keras_targets,
-    plain_model,
-    train_epochs,
-)
+from .common import keras_targets, plain_model  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras imported earlier elsewhere
     raise ImportError(
@@ -122,54 +115,23 @@ class Backend(BaseBackend):
 
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
+        from .network import train_head
+
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
-        with floatx(plan.dtype), tf.device(self.tf_device(device)):
-            return self._train(head, init, plan, data, device, masks, callback, record_history)
-
-    def _train(self, head, init, plan: Plan, data, device, masks, callback, record_history=False) -> Trajectory:
-        dt = plan.dtype
-        n, d = data.X_train.shape
-        steps = plan.steps_per_epoch(n)
-        use_plan_masks = masks == "plan" and plan.dropout > 0
-        c = self._compiled(head, d, plan, masks, steps, record_history)
-        Xt = self._tensor(data.X_train, dt)
-        Yt = self._tensor(data.y_train, dt, head)
-        val = self._tensor(data.X_val, dt), self._tensor(data.y_val, dt, head)
-        val_ds = self._datasets.get_or_make(("val", *map(id, val)), lambda: tf.data.Dataset.from_tensors(val))
-        class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
-        order, keep = self._epoch_buffers(n, d, use_plan_masks)
-        epoch_data = self._epoch_dataset(Xt, Yt, order, keep, plan.mask_scale, plan.batch_size, steps)
-
-        def fit_epoch(epoch):
-            order.assign(plan.batch_order(epoch, n))
-            if keep is not None:
-                keep.assign(plan.epoch_masks(epoch, n, d))
-            c.model.fit(epoch_data, epochs=1, verbose=0, shuffle=False, class_weight=class_weight)
-
-        traj = train_epochs(self.name, c, head, init, plan, n, fit_epoch,
-                            lambda: c.evaluator.evaluate(val_ds, verbose=0, return_dict=True),
-                            callback, record_history)
+        traj = train_head(self, head, init, plan, data, device, masks=masks, callback=callback,
+                          record_history=record_history)
         traj.meta = self._meta(head, plan, data, device, masks)
         return traj
 
-    def _compiled(self, head: str, d: int, plan: Plan, masks: str, steps: int, record_history: bool = False
-                  ) -> Compiled:
-        """A compiled model for this configuration, built once and reused (its tf.functions stay traced).
+    # -- what Keras's training function (network.train_network) takes from this backend on one worker ----------
+    def cached(self, key, make):
+        """A built model for this configuration (``key``), made once and reused: its tf.functions stay traced."""
+        return self._cache.get_or_make((*key, tf.config.experimental.tensor_float_32_execution_enabled()), make)
 
-        Runs with the framework's own Dropout are built afresh: their RNG state belongs to the run.
-        """
-        # every plan field shapes the model except those a run sets itself (lr is reset, class weights go
-        # to fit, the seed and mask stream pick masks, epochs count fits): a new field is in the key by default
-        shape = plan.replace(lr=1.0, seed=0, mask_stream=0, epochs=1, class_weight=None)
-        key = (head, d, masks, steps, record_history, shape, tf.config.experimental.tensor_float_32_execution_enabled())
-
-        def make():
-            return build(head, d, plan, masks, steps, record_history, steps_per_execution=steps, masks_in_model=False)
-
-        if masks == "native" and plan.dropout > 0:
-            return make()
-        return self._cache.get_or_make(key, make)
+    def keras_pipeline(self, net, head: str, plan: Plan, data, drop: str | None, scaled: bool) -> _Pipeline:
+        """One worker's epochs through a cached ``tf.data`` pipeline over host variables."""
+        return _Pipeline(self, net, head, plan, data, drop)
 
     def _epoch_buffers(self, n: int, d: int, with_masks: bool):
         """Host variables for an epoch's order and masks, reused (assigned) every epoch."""
@@ -181,12 +143,14 @@ class Backend(BaseBackend):
             self._buffers = {key: (order, keep)}  # one shape at a time: masks are n*d bytes
         return self._buffers[key]
 
-    def _epoch_dataset(self, X, Y, order, keep, scale: float, batch_size: int, steps: int):
+    def _epoch_dataset(self, X, Y, order, keep, scale: float, batch_size: int, steps: int, W=None,
+                       mask_input: bool = False):
         """``_epoch_dataset``, built (traced) once per set of variables: each epoch assigns new
         values to ``order`` and ``keep`` and iterates it afresh.  Keyed by the variables' ids,
         which cannot be reused while the cached pipeline holds the variables."""
-        key = ("epoch", id(X), id(Y), id(order), id(keep), scale, batch_size, steps)
-        return self._datasets.get_or_make(key, lambda: _epoch_dataset(X, Y, order, keep, scale, batch_size, steps))
+        key = ("epoch", id(X), id(Y), id(order), id(keep), id(W), scale, batch_size, steps, mask_input)
+        return self._datasets.get_or_make(
+            key, lambda: _epoch_dataset(X, Y, order, keep, scale, batch_size, steps, W, mask_input))
 
     def _tensor(self, array: np.ndarray, dtype: str, head: str | None = None):
         """``array`` (features, or labels as targets for ``head``) as a host tf.Variable, kept for reuse.
@@ -202,6 +166,45 @@ class Backend(BaseBackend):
                 return array, tf.Variable(value, trainable=False)
 
         return self._tensors.get_or_make((id(array), dtype, head), make)[1]
+
+    def _row_weights(self, plan: Plan, data):
+        """Each training row's class weight (``network.row_weights``) as a host tf.Variable, kept for reuse, or
+        None without class weights."""
+        from .network import row_weights
+
+        if plan.class_weight is None:
+            return None
+
+        def make():
+            with tf.device("/CPU:0"):
+                return data.y_train, tf.Variable(row_weights(plan, data, plan.dtype), trainable=False)
+
+        return self._tensors.get_or_make(("weights", id(data.y_train), plan.class_weight, plan.dtype), make)[1]
+
+
+class _Pipeline:
+    """One worker's epochs on TensorFlow: the rows (and their masks and sample weights) of each epoch gathered
+    by a cached ``tf.data`` pipeline from host variables; each epoch assigns its order and masks."""
+
+    def __init__(self, be: Backend, net, head: str, plan: Plan, data, drop: str | None):
+        dt = plan.dtype
+        self.plan, self.n, self.width = plan, len(data.y_train), net.dropout_widths[0]
+        X, Y = be._tensor(data.X_train, dt), be._tensor(data.y_train, dt, head)
+        val = be._tensor(data.X_val, dt), be._tensor(data.y_val, dt, head)
+        self.val = be._datasets.get_or_make(("val", *map(id, val)), lambda: tf.data.Dataset.from_tensors(val))
+        self.order, self.keep = be._epoch_buffers(self.n, self.width, drop == "plan")
+        self.dataset = be._epoch_dataset(X, Y, self.order, self.keep, plan.mask_scale, plan.batch_size,
+                                         plan.steps_per_epoch(self.n), be._row_weights(plan, data),
+                                         mask_input=drop == "plan" and net.body != "none")
+
+    def fit_args(self, epoch: int) -> dict:
+        self.order.assign(self.plan.batch_order(epoch, self.n))
+        if self.keep is not None:
+            self.keep.assign(self.plan.epoch_masks(epoch, self.n, self.width))
+        return dict(x=self.dataset)
+
+    def val_args(self) -> dict:
+        return dict(x=self.val)
 
 
 class _LRU:
@@ -221,13 +224,14 @@ class _LRU:
         return value
 
 
-def _epoch_dataset(X, Y, order, keep, scale: float, batch_size: int, steps: int):
-    """The epoch's batches in the plan's order, with its masks applied, gathered by tf.data.
+def _epoch_dataset(X, Y, order, keep, scale: float, batch_size: int, steps: int, W=None, mask_input: bool = False):
+    """The epoch's batches in the plan's order, with its masks, gathered by tf.data.
 
-    A batch is ``(x * keep) * scale``, bit for bit ``(x * scale) * keep``: the
-    plan's inverted dropout, done here so the model is the head alone and the
-    training thread runs no elementwise pass over the batch.  tf.data runs on a
-    private pool of one thread, beside the training step rather than in its way.
+    For the head alone a batch is ``(x * keep) * scale``, bit for bit ``(x * scale) * keep``: the plan's
+    inverted dropout, done here so the model is the head alone and the training thread runs no elementwise
+    pass over the batch; for a body (``mask_input``) it is ``(x, keep * scale)``, the masks the model's
+    second input.  With ``W`` (each row's sample weight) a batch also carries its rows' weights.  tf.data runs
+    on a private pool of one thread, beside the training step rather than in its way.
     """
     n = int(order.shape[0])
 
@@ -237,8 +241,11 @@ def _epoch_dataset(X, Y, order, keep, scale: float, batch_size: int, steps: int)
         idx = order[start:stop]
         x = tf.gather(X, idx)
         if keep is not None:
-            x = x * tf.cast(keep[start:stop], x.dtype) * tf.constant(scale, x.dtype)  # cast() would round via float32
-        return x, tf.gather(Y, idx)
+            kept = tf.cast(keep[start:stop], x.dtype)
+            scale_ = tf.constant(scale, x.dtype)  # cast() would round via float32
+            x = (x, kept * scale_) if mask_input else x * kept * scale_
+        out = (x, tf.gather(Y, idx))
+        return out if W is None else (*out, tf.gather(W, idx))
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1

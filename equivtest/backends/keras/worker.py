@@ -242,17 +242,10 @@ class _Worker:
 
     def train_parallel(self, head, init, plan, data, weighted):
         """The head data-parallel: the network with body ``none``, at the head's rate and decay."""
-        from ...networks import GroupRates, Network
-        from .network import train_network
+        from .network import train_head
         from .parallel import host_devices
 
-        rates = GroupRates(0.0, plan.lr, 0.0, plan.optimizer.weight_decay)
-        traj = train_network(self, Network("none", (data.X_train.shape[1],)), head, [], init, plan, data, rates,
-                             world=host_devices(), weighted=weighted)
-        for key in ("body", "rates"):  # a head's trajectory, as one process records it
-            traj.meta.pop(key)
-        traj.body = None
-        return traj
+        return train_head(self, head, init, plan, data, world=host_devices(), weighted=weighted)
 
     def train_network_parallel(self, network, head, body_init, head_init, plan, data, rates, weighted):
         from .network import train_network
@@ -276,28 +269,9 @@ class _Worker:
         return p[:, 1] if weights.head == "softmax" else p[:, 0]
 
     def train(self, head, init, plan, data, masks, record_history):
-        from .common import build, floatx, keras_targets, train_epochs
+        from .network import train_head
 
-        dt = plan.dtype
-        X, y = data.X_train.astype(dt, copy=False), data.y_train
-        n, d = X.shape
-        use_plan_masks = masks == "plan" and plan.dropout > 0
-        with floatx(dt):
-            c = build(head, d, plan, masks, plan.steps_per_epoch(n), record_history)
-            Y = keras_targets(head, y, dt)
-            Xv, Yv = data.X_val.astype(dt, copy=False), keras_targets(head, data.y_val, dt)
-            class_weight = None if plan.class_weight is None else dict(enumerate(plan.class_weight))
-
-            def fit_epoch(epoch):
-                order = plan.batch_order(epoch, n)
-                inputs = [X[order], plan.epoch_masks(epoch, n, d)] if use_plan_masks else X[order]
-                c.model.fit(inputs, Y[order], batch_size=plan.batch_size, epochs=1, shuffle=False, verbose=0,
-                            class_weight=class_weight)
-
-            return train_epochs(self.name, c, head, init, plan, n, fit_epoch,
-                                lambda: c.evaluator.evaluate(Xv, Yv, batch_size=max(len(Xv), 1), verbose=0,
-                                                             return_dict=True),
-                                record_history=record_history)
+        return train_head(self, head, init, plan, data, masks=masks, record_history=record_history)
 
 
 if __name__ == "__main__":  # the worker: python -m equivtest.backends.keras.worker FD
