@@ -9,8 +9,8 @@ is the loop of Keras's guide to training from scratch in JAX.  The plan's masks 
 and multiply the activations where the Dropout layer sits.  Coupled weight decay is an L2 penalty per group
 (decay / 2), decoupled decay the group optimizer's ``weight_decay``; class weights are sample weights;
 bfloat16 autocast is Keras's ``mixed_bfloat16`` policy on every layer.  On N workers the same function runs
-under :mod:`.parallel`'s engine.  (A head on one worker is trained by ``fit`` on the compiled head,
-:func:`.common.train_epochs`, with Keras's own loss, Dropout and ``class_weight=``.)
+under :mod:`.parallel`'s engine.  The seed's head is the network with body ``none`` (:func:`train_head`), on
+one worker as on N: this module is the one place where Keras reads a plan.
 """
 
 from __future__ import annotations

@@ -2,14 +2,16 @@
 
 ``Dense(2, activation="softmax")`` with ``categorical_crossentropy`` and
 ``Dense(1, activation="sigmoid")`` with ``binary_crossentropy``; Keras optimizers.
-The plan's dropout masks are applied by the input pipeline (``x * keep * scale``
-for each batch, see ``_epoch_dataset``), so Keras trains on the same masked rows
-as every other backend; ``masks="native"`` uses ``keras.layers.Dropout`` with a
-seed instead.  Each epoch
-is one ``fit`` call over the rows in the plan's order with ``shuffle=False``;
-a metric (``StepRecorder``) stores each step's batch loss and correct count, from
-the same forward pass the loss used.  Devices ``/CPU:0`` and ``/GPU:N`` (named
-``cpu`` and ``cuda:N`` here); TF32 is off unless asked for.
+Training is Keras's one function, :func:`.network.train_network` (the head is the
+network with body ``none``); this backend gives it, on one worker, a cached built
+model (its tf.functions stay traced) and a ``tf.data`` input pipeline over host
+variables: the plan's dropout masks are applied by it (``x * keep * scale`` for each
+batch of the head, see ``_epoch_dataset``), so Keras trains on the same masked rows
+as every other backend; ``masks="native"`` uses ``keras.layers.Dropout`` with a seed
+instead.  Each epoch is one ``fit`` call (one execution of all its steps) over the
+rows in the plan's order; a metric (``common.StepFigures``) stores each step's batch
+loss and correct count, from the same forward pass the loss used.  Devices ``/CPU:0``
+and ``/GPU:N`` (named ``cpu`` and ``cuda:N`` here); TF32 is off unless asked for.
 """
 
 from __future__ import annotations
