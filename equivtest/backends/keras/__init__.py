@@ -3,8 +3,9 @@
 - :mod:`.tensorflow`: the ``keras`` backend, Keras on TensorFlow in this process;
 - :mod:`.worker`: ``keras-torch`` and ``keras-jax``, Keras on PyTorch / JAX in a worker process of its own
   (Keras fixes its framework once per process), and the data-parallel workers;
-- :mod:`.common`: models, losses, optimizers and the ``fit`` loop shared by both;
-- :mod:`.network`: whole networks; :mod:`.parallel`: MirroredStrategy and keras.distribution.
+- :mod:`.network`: Keras's one training function, for the head (body ``none``) and whole networks, on one
+  worker or N; :mod:`.parallel`: MirroredStrategy and keras.distribution;
+- :mod:`.common`: losses, optimizers, the step figures and the evaluation model shared by all.
 
 Importing this package imports no framework.
 """

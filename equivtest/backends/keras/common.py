@@ -1,7 +1,7 @@
 """Keras pieces that run on any Keras 3 backend (only ``keras`` and ``keras.ops``).
 
-Shared by the TensorFlow adapter (``backends/keras.py``) and the process-isolated
-Keras-on-PyTorch / Keras-on-JAX adapters (``backends/keras/worker.py``).  The
+Shared by Keras's training function (:mod:`.network`), the TensorFlow adapter (:mod:`.tensorflow`) and
+the process-isolated Keras-on-PyTorch / Keras-on-JAX adapters (:mod:`.worker`).  The
 importer decides ``KERAS_BACKEND`` before importing this module.
 """
 
@@ -133,17 +133,22 @@ def make_optimizer(plan: Plan):
     raise NotImplementedError(f"backend 'keras' has no optimizer {s.name!r}")
 
 
-def reset_optimizer(opt, lr: float) -> None:
-    """Fresh optimizer state for a new run on a cached model: step 0, zero slots, the run's lr."""
-    for v in opt.variables:
-        if v is opt.iterations:
-            v.assign(0)
-        elif v is getattr(opt, "_learning_rate", None):
-            v.assign(lr)
-        else:
-            v.assign(ops.zeros(v.shape, dtype=v.dtype))
+def optimizer_state(opt) -> list:
+    """The optimizer's variables' values as NumPy arrays: taken right after it is built, they are its
+    fresh state (step 0, each slot at its initializer: zeros, or Adagrad's initial accumulator)."""
+    return [ops.convert_to_numpy(v) for v in opt.variables]
+
+
+def reset_optimizer(opt, lr: float, fresh: list) -> None:
+    """Fresh optimizer state for a new run on a built model: every variable back to ``fresh``
+    (:func:`optimizer_state` right after building), then the run's lr."""
+    for v, value in zip(opt.variables, fresh, strict=True):
+        v.assign(value)
+    lr_var = getattr(opt, "_learning_rate", None)
+    if lr_var is not None and hasattr(lr_var, "assign"):
+        lr_var.assign(lr)
     if ops.convert_to_numpy(opt.learning_rate) != np.asarray(lr, dtype=opt.learning_rate.dtype):
-        raise RuntimeError("could not set the optimizer's learning rate on a cached model")
+        raise RuntimeError("could not set the optimizer's learning rate on a built model")
 
 
 @contextlib.contextmanager

@@ -136,11 +136,12 @@ def train_network(backend, net: Network, head: str, body_init, head_init: Weight
     if kind not in ("tensorflow", "torch", "jax"):
         raise NotImplementedError(f"backend '{backend.name}' does not train whole networks on Keras's {kind}")
     _refuse(backend.name, plan, world, net)
-    if masks not in ("plan", "native") or (masks == "native" and world > 1):
+    if masks not in ("plan", "native") or (world > 1 and (masks == "native" or record_history)):
         from ...errors import InputError
 
-        raise InputError(f"backend '{backend.name}' takes masks 'plan' (or 'native' on one worker), got {masks!r}"
-                         f" on {world} worker(s)")
+        # on N workers a metric variable reads as the replicas' sum: per-step history is one worker's
+        raise InputError(f"backend '{backend.name}' takes masks 'plan' (or 'native' on one worker) and records "
+                         f"history on one worker, got masks {masks!r}, history {record_history} on {world} workers")
     place, engine = _places(backend, kind, world, device)
     dt = plan.dtype
     n = len(data.y_train)
@@ -195,7 +196,7 @@ class Built:
                  scaled: bool, drop: str | None, record_history: bool):
         import keras
 
-        from .common import StepFigures, keras_loss
+        from .common import StepFigures, keras_loss, optimizer_state
 
         dt = plan.dtype
         self.kind, self.world, self.head, self.steps = kind, world, head, steps
@@ -205,6 +206,7 @@ class Built:
         regs = [keras.regularizers.L2(decay / 2) if decay and kind != "jax" else None for decay in decays]
         self.layers = build(net, head, dt, *regs, autocast=plan.autocast, drop=drop, plan=plan)
         body_vars, head_vars = group_variables(self.layers.body, self.layers.dense, self.body_opt, self.head_opt)
+        self.fresh = [(opt, optimizer_state(opt)) for opt in (self.body_opt, self.head_opt) if opt is not None]
         loss_fn = keras_loss(head, plan, "sum" if scaled else "sum_over_batch_size")
         track = self.layers.dense if record_history else None
         self.run_epoch = None
@@ -229,9 +231,9 @@ class Built:
         from .common import reset_optimizer
 
         set_initial(self.layers.body, self.layers.dense, body_init, head_init, dt)
-        for opt, lr in ((self.body_opt, rates.body_lr), (self.head_opt, rates.head_lr)):
-            if opt is not None:
-                reset_optimizer(opt, lr)
+        lrs = {id(self.body_opt): rates.body_lr, id(self.head_opt): rates.head_lr}
+        for opt, fresh in self.fresh:
+            reset_optimizer(opt, lrs[id(opt)], fresh)
         if self.kind == "jax":
             loss_fn, body_vars, head_vars, decays, track = self._jax
             self.run_epoch = _jax_epoch(self.model, loss_fn, self.body_opt, self.head_opt, body_vars, head_vars,
@@ -583,7 +585,7 @@ class JaxState:
 
 def row_weights(plan: Plan, data, dt: str) -> np.ndarray | None:
     """Each training row's class weight in the run's dtype (Keras weighs a row's loss by it and divides the
-    sum by the batch size, as the head's ``class_weight=`` does), or None without class weights."""
+    sum by the batch size, as ``fit``'s ``class_weight=`` would), or None without class weights."""
     sw = plan.sample_weights(data.y_train)
     return None if sw is None else np.asarray(sw, dtype=dt)
 

@@ -3,9 +3,9 @@
 Keras picks its backend once per process (``KERAS_BACKEND``), and this process
 may already hold Keras on TensorFlow, so these backends run a worker process
 (``python -m equivtest.backends.keras.worker``) with the variable set before
-Keras is imported, talking over a socket pair.  The worker trains with Keras's own ``Model.fit`` on NumPy
-inputs (rows in the plan's order, the plan's masks as a second input): the
-portable path, with the pieces in :mod:`.common`.  CPU only for now.
+Keras is imported, talking over a socket pair.  The worker trains with Keras's one training function
+(:func:`.network.train_network`: ``fit`` on PyTorch, the from-scratch step on JAX) on NumPy inputs (rows
+in the plan's order; a head's masks applied to its features, a body's as a second input).  CPU only for now.
 
 Requests and results (datasets, plans, weights, trajectories) travel pickled
 through a pipe; an epoch ``callback`` is called after the run, epoch by epoch.
