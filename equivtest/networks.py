@@ -109,6 +109,13 @@ class GroupRates:
     head_decay: float = 0.0
 
 
+def head_alone(plan, d: int) -> tuple[Network, GroupRates]:
+    """The seed's head as a network: body ``none`` on ``d`` features, at the plan's rate and decay (how
+    every backend trains a head: the network with body ``none``)."""
+    rates = GroupRates(body_lr=0.0, head_lr=plan.lr, head_decay=plan.optimizer.weight_decay)
+    return Network("none", (int(d),)), rates
+
+
 def group_rates(lr: float, decay: float, head: str, rule: str = "per-layer") -> GroupRates:
     """The rates a network trains at.  The softmax network: lr and decay everywhere.  The sigmoid
     network with converted head: body x1, head x ``lr_factor()`` (decay x ``weight_decay_factor()``)

@@ -309,13 +309,12 @@ def worker(head: str, init: Weights, plan: Plan, data, weighted: bool, network=N
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         from .backends.torch import DataParallel
-        from .networks import GroupRates, Network
+        from .networks import head_alone
 
         meta = {"backend": "torch", "head": head, "dtype": plan.dtype, "lr": plan.lr,
                 "optimizer": plan.optimizer.label, "device": "cpu"}
         if network is None:  # the head: the network with body none, at the plan's rate and decay
-            net, body_init = Network("none", tuple(data.X_train.shape[1:])), []
-            rates = GroupRates(body_lr=0.0, head_lr=plan.lr, head_decay=plan.optimizer.weight_decay)
+            (net, rates), body_init = head_alone(plan, data.X_train.shape[1]), []
         else:
             net, body_init, rates = network
             meta.update({"body": net.body, "rates": rates.__dict__})

@@ -5,7 +5,7 @@
   (Keras fixes its framework once per process), and the data-parallel workers;
 - :mod:`.network`: Keras's one training function, for the head (body ``none``) and whole networks, on one
   worker or N; :mod:`.parallel`: MirroredStrategy and keras.distribution;
-- :mod:`.common`: losses, optimizers, the step figures and the evaluation model shared by all.
+- :mod:`.common`: losses, optimizers and the step figures shared by all.
 
 Importing this package imports no framework.
 """

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ...heads import SOFTMAX, UNITS
+from ...heads import SOFTMAX
 from ...plan import Plan
 
 
@@ -105,14 +105,6 @@ def keras_targets(head: str, y: np.ndarray, dtype: str) -> np.ndarray:
     if head == SOFTMAX:
         return np.eye(2, dtype=dtype)[y]
     return y.astype(dtype)[:, None]
-
-
-def plain_model(head: str, d: int, dtype: str) -> keras.Model:
-    """The head alone, for predictions and parameter counts."""
-    x = keras.Input((d,), dtype=dtype, name="features")
-    dense = keras.layers.Dense(UNITS[head], activation="softmax" if head == SOFTMAX else "sigmoid", dtype=dtype,
-                               name=f"{head}_head")
-    return keras.Model(x, dense(x), name=f"{head}_eval")
 
 
 def make_optimizer(plan: Plan):

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ...heads import SOFTMAX, UNITS, Weights
-from ...networks import GroupRates, Network
+from ...networks import GroupRates, Network, head_alone
 from ...plan import Plan
 from ...trajectory import Trajectory
 
@@ -95,9 +95,13 @@ def count_params(net: Network, head: str) -> int:
     return int(keras.Model(layers.inputs, layers.out).count_params())
 
 
-def head_alone(plan: Plan, d: int) -> tuple[Network, GroupRates]:
-    """The seed's head as a network: body ``none`` on ``d`` features, at the plan's rate and decay."""
-    return Network("none", (d,)), GroupRates(0.0, plan.lr, 0.0, plan.optimizer.weight_decay)
+def head_model(head: str, d: int, dtype: str):
+    """The head alone as a Keras model (the network with body ``none``, without dropout): for predictions and
+    parameter counts."""
+    import keras
+
+    layers = build(Network("none", (d,)), head, dtype)
+    return keras.Model(layers.inputs[0], layers.plain)
 
 
 def train_head(backend, head: str, init: Weights, plan: Plan, data, device: str = "cpu", **kw) -> Trajectory:

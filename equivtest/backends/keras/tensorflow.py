@@ -50,7 +50,8 @@ from ...heads import SOFTMAX, Weights  # noqa: E402
 from ...plan import Plan, tf32_requested  # noqa: E402
 from ...trajectory import Trajectory  # noqa: E402
 from .._base import BaseBackend  # noqa: E402
-from .common import keras_targets, plain_model  # noqa: E402
+from .common import keras_targets  # noqa: E402
+from .network import head_model  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras imported earlier elsewhere
     raise ImportError(
@@ -92,14 +93,14 @@ class Backend(BaseBackend):
 
     # -- models -------------------------------------------------------------------
     def count_params(self, head: str, d: int) -> int:
-        return int(plain_model(head, int(d), "float32").count_params())
+        return int(head_model(head, int(d), "float32").count_params())
 
     def predict_proba(self, weights: Weights, X, *, device="cpu", dtype="float32") -> np.ndarray:
         device = self.resolve_device(device)
         with tf.device(self.tf_device(device)):
             key = ("predict", weights.head, weights.n_features, dtype, device)
             # built once: a new model would trace its predict function again
-            model = self._cache.get_or_make(key, lambda: plain_model(weights.head, weights.n_features, dtype))
+            model = self._cache.get_or_make(key, lambda: head_model(weights.head, weights.n_features, dtype))
             model.layers[-1].set_weights([weights.kernel.astype(dtype), weights.bias.astype(dtype)])
             p = model.predict(np.asarray(X, dtype=dtype), batch_size=4096, verbose=0)
         return p[:, 1] if weights.head == SOFTMAX else p[:, 0]

@@ -255,15 +255,16 @@ class _Worker:
                              weighted=weighted)
 
     def count_params(self, head: str, d: int) -> int:
-        from .common import plain_model
+        from .network import head_model
 
-        return int(plain_model(head, d, "float32").count_params())
+        return int(head_model(head, d, "float32").count_params())
 
     def predict_proba(self, weights: Weights, X: np.ndarray, dtype: str) -> np.ndarray:
-        from .common import floatx, plain_model
+        from .common import floatx
+        from .network import head_model
 
         with floatx(dtype):
-            model = plain_model(weights.head, weights.n_features, dtype)
+            model = head_model(weights.head, weights.n_features, dtype)
             model.layers[-1].set_weights([weights.kernel.astype(dtype), weights.bias.astype(dtype)])
             p = model.predict(np.asarray(X, dtype=dtype), batch_size=4096, verbose=0)
         return p[:, 1] if weights.head == "softmax" else p[:, 0]

@@ -90,13 +90,12 @@ class Backend(BaseBackend):
 
     def _train(self, head, init, plan: Plan, data, device, masks, callback, record_history) -> Trajectory:
         """The head is the network with body ``none``: one loop (:func:`.network.train_network`) for both."""
-        from ...networks import GroupRates, Network
+        from ...networks import head_alone
         from .network import train_network
 
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
-        net = Network("none", (data.n_features,))
-        rates = GroupRates(body_lr=0.0, head_lr=plan.lr, head_decay=plan.optimizer.weight_decay)
+        net, rates = head_alone(plan, data.n_features)
         return train_network(self, net, head, [], init, plan, data, rates, masks=masks, callback=callback,
                              record_history=record_history, meta=self._meta(head, plan, data, device, masks))
 

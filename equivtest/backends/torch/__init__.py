@@ -333,12 +333,12 @@ class Backend(BaseBackend):
     def train(self, head, init, plan: Plan, data, *, device="cpu", masks="plan", callback=None,
               record_history=False) -> Trajectory:
         """The head is the network with body ``none``: :meth:`run` trains both."""
-        from ...networks import GroupRates, Network
+        from ...networks import head_alone
 
         self._check_train_args(head, init, plan, data, masks)
         device = self.resolve_device(device)
-        rates = GroupRates(body_lr=0.0, head_lr=plan.lr, head_decay=plan.optimizer.weight_decay)
-        return self.run(Network("none", (data.n_features,)), head, [], init, plan, data, rates, device,
+        net, rates = head_alone(plan, data.n_features)
+        return self.run(net, head, [], init, plan, data, rates, device,
                         masks=masks, callback=callback, record_history=record_history,
                         meta=self._meta(head, plan, data, device, masks))
 
