@@ -101,14 +101,14 @@ def _keras_worker(backend: str, world_size: int):
 def prestart(backend: str, world_size: int) -> None:
     """Start ``backend``'s workers for ``world_size`` now, so their framework loads while the caller does other
     work (the suite calls it when collection ends): torch's fork server (it imports
-    :data:`FORKSERVER_PRELOAD` once; every rank is a fork of it), or the Keras worker.  Nothing where the
-    backend has no engine or its framework is absent."""
+    :data:`FORKSERVER_PRELOAD` once; every rank is a fork of it), or the Keras worker (at a lower CPU priority:
+    it loads ahead of need).  Nothing where the backend has no engine or its framework is absent."""
     from .backends import info
 
     if engine(backend) is None or info(backend).unavailable_reason() is not None:
         return
     if backend != "torch":
-        _keras_worker(backend, world_size).start()
+        _keras_worker(backend, world_size).start(background=True)
     elif _start_method() == "forkserver":
         from multiprocessing import forkserver
 
@@ -117,8 +117,11 @@ def prestart(backend: str, world_size: int) -> None:
 
 def close_workers() -> None:
     """Stop every Keras worker this process started (the suite calls it when the session ends)."""
-    while _keras_workers:
-        _, worker = _keras_workers.popitem()
+    workers = list(_keras_workers.values())
+    _keras_workers.clear()
+    for worker in workers:  # all asked at once: they exit together
+        worker.stop()
+    for worker in workers:
         worker.close()
 
 

@@ -57,6 +57,26 @@ def _add_data_parallel(group):
                          "(env EQUIVTEST_DATA_PARALLEL; default: 2, 3 and 4)")
 
 
+def _freeze_the_heap(config) -> None:
+    """At the end of a session whose process ends with it, after one full collection (still under pytest's
+    unraisable-exception hook, so the tests' garbage is collected and reported), move every object to the
+    permanent generation: neither pytest's five further collections nor the interpreter's shutdown then walks
+    the frameworks' object graphs (seconds once TensorFlow and PyTorch are loaded; ``docs/performance.md``).
+    A session started by ``pytest.main`` in a program that goes on, or by pytester inside another run, is
+    left alone (its command line is not the process's)."""
+    import gc
+    import sys
+
+    if tuple(config.invocation_params.args) == tuple(sys.argv[1:]):
+        gc.collect()
+        gc.freeze()
+
+
+def pytest_sessionstart(session):
+    # registered after every plugin's pytest_configure (pytest's own clean-ups among them): it runs before them
+    session.config.add_cleanup(lambda: _freeze_the_heap(session.config))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU named with --device (skipped otherwise)")
     config.addinivalue_line("markers", "needs_backends(*names): runs only when every named backend is selected")
@@ -241,7 +261,12 @@ def backend(request, equivtest_selection):
     name = request.param
     if name in equivtest_selection.missing:
         pytest.skip(equivtest_selection.missing[name])
-    return backends.get(name)
+    instance = backends.get(name)
+    import gc
+
+    # the framework it imported lives as long as the process: the collector need not walk its objects again
+    gc.freeze()
+    return instance
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 TOL = TOLERANCES["float32"]
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST, gamma=2.0))  # RULES.md's two rows (no alpha; alpha 0.5) once
 @pytest.mark.parametrize("gamma, alpha", [(0.0, None), (2.0, None), (5.0, None), (2.0, 0.5)])
 def test_focal_holds_when_alpha_factors_agree(backend, device, dataset, plan, gamma, alpha):
     p = plan.replace(loss="focal", focal_gamma=gamma, focal_alpha=alpha, lr=3e-2)

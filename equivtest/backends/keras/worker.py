@@ -27,6 +27,8 @@ from ...plan import tf32_requested
 from .._base import BaseBackend
 
 KERAS_BACKENDS = {"keras-torch": "torch", "keras-jax": "jax", "keras": "tensorflow"}
+#: the niceness of a worker started ahead of need (:meth:`Backend.start`)
+BACKGROUND_NICE = 10
 
 
 def worker_env(keras_backend: str, n: int, environ) -> dict:
@@ -64,9 +66,12 @@ class Backend(BaseBackend):
         return env
 
     # -- the worker ---------------------------------------------------------------
-    def start(self) -> None:
-        """Start the worker process if it is not running; returns at once (its framework loads meanwhile)."""
-        if self._proc is None or self._proc.poll() is not None:
+    def start(self, *, background: bool = False) -> None:
+        """Start the worker process if it is not running; returns at once (its framework loads meanwhile).
+
+        ``background``: started ahead of need (:func:`equivtest.parallel.prestart`), the worker runs at a
+        lower CPU priority (nice 10), so loading its framework takes only CPU time the caller leaves idle."""
+        if self._conn is None or self._proc.poll() is not None:
             parent, child = socket.socketpair()
             env = self._env()
             # the framework's start-up logging stays out of the user's terminal unless EQUIVTEST_VERBOSE (the CLI's
@@ -75,7 +80,8 @@ class Backend(BaseBackend):
             if not verbose:
                 env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "equivtest.backends.keras.worker", str(child.fileno())],
+                [sys.executable, "-m", "equivtest.backends.keras.worker", str(child.fileno()),
+                 *([str(BACKGROUND_NICE)] if background else [])],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
                 stderr=None if verbose else subprocess.DEVNULL,
             )
@@ -106,13 +112,24 @@ class Backend(BaseBackend):
                    "InputError": InputError}.get(kind, RuntimeError)(prefix + message)
         return value
 
-    def close(self):
-        if self._proc is not None and self._proc.poll() is None:
+    def stop(self) -> None:
+        """Ask the worker to exit, once, without waiting (:meth:`close` waits)."""
+        if self._proc is not None and self._conn is not None and self._proc.poll() is None:
             try:
                 self._conn.send(None)
-                self._proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 self._proc.kill()
+            self._conn.close()
+            self._conn = None
+
+    def close(self):
+        self.stop()
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         self._proc = None
 
     # -- the interface ------------------------------------------------------------
@@ -190,8 +207,9 @@ def _serve(conn) -> None:
             request = conn.recv()
         except EOFError:
             return
-        if request is None:
-            return
+        if request is None:  # nothing is left to write: skip the framework's teardown (seconds for TensorFlow)
+            conn.close()
+            os._exit(0)
         try:
             conn.send((True, getattr(worker, request[0])(*request[1:])))
         except Exception as exc:  # sent back and raised in the caller
@@ -275,5 +293,7 @@ class _Worker:
         return train_head(self, head, init, plan, data, masks=masks, record_history=record_history)
 
 
-if __name__ == "__main__":  # the worker: python -m equivtest.backends.keras.worker FD
+if __name__ == "__main__":  # the worker: python -m equivtest.backends.keras.worker FD [NICENESS]
+    if len(sys.argv) > 2:
+        os.nice(int(sys.argv[2]))
     _serve(Connection(int(sys.argv[1])))
