@@ -223,3 +223,37 @@ def test_the_projects_own(tmp_path):  # uses none of the suite's fixtures: its s
     assert "does not offer" not in listed.split("short test summary")[0]  # the declared ones are not listed
     assert "windows only" not in res.stdout.str().split("short test summary")[0]  # nor another project's skip
     assert "pip install" not in listed.split("short test summary")[0]
+
+
+# ------------------------------------------------------------------------------ the heap at the session's end
+GC_PROBE = """
+import atexit, gc
+
+atexit.register(lambda: print("frozen objects at exit:", gc.get_freeze_count()))
+
+def test_nothing():
+    pass
+"""
+
+
+def test_a_session_inside_a_program_that_goes_on_leaves_the_collector_alone(pytester):
+    """The suite freezes the heap at a session's end only when the process ends with it: ``pytest.main`` (here
+    pytester, in this process) returns to a program whose garbage must still be collected."""
+    import gc
+
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    before = gc.get_freeze_count()
+    res = pytester.runpytest_inprocess(*SUITE, "--backend=numpy", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+    assert gc.get_freeze_count() == before
+
+
+@pytest.mark.slow  # a process of its own; the fast tier checks the other side in-process (above)
+def test_a_session_that_ends_its_process_freezes_the_heap_before_the_clean_up(pytester):
+    """The other side: ``pytest`` on the command line freezes the heap once pytest is done, so neither pytest's
+    clean-up collections nor the interpreter's shutdown walk the frameworks' objects."""
+    pytester.makepyfile(GC_PROBE)
+    res = pytester.runpytest_subprocess(*SUITE, "--backend=numpy", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+    frozen = [line for line in res.outlines if line.startswith("frozen objects at exit:")]
+    assert len(frozen) == 1 and int(frozen[0].split(":")[1]) > 10_000, res.outlines[-5:]

@@ -124,6 +124,12 @@ MUTANTS = (
            "loss = (shard_sum / k if k else shard_sum) if world.weighted else (",
            ("equivtest/suite/test_parallel.py", "-k", "weighted_losses_follow_one_process and 3 and float64"),
            backends="torch"),
+    Mutant("the heap frozen at the end of a session inside a program that goes on", "equivtest/suite/plugin.py",
+           "    if tuple(config.invocation_params.args) == tuple(sys.argv[1:]):", "    if True:",
+           ("tests/test_plugin.py", "-k", "collector_alone"), backends="numpy"),
+    Mutant("the heap left to the collectors at the end of the session", "equivtest/suite/plugin.py",
+           "        gc.collect()\n        gc.freeze()", "        gc.collect()",
+           ("tests/test_plugin.py", "-k", "freezes_the_heap"), backends="numpy"),
 )
 
 
