@@ -231,21 +231,23 @@ import atexit, gc
 
 atexit.register(lambda: print("frozen objects at exit:", gc.get_freeze_count()))
 
-def test_nothing():
+def test_nothing():  # no framework fixture: only the session's end can freeze
     pass
 """
 
 
 def test_a_session_inside_a_program_that_goes_on_leaves_the_collector_alone(pytester):
-    """The suite freezes the heap at a session's end only when the process ends with it: ``pytest.main`` (here
-    pytester, in this process) returns to a program whose garbage must still be collected."""
+    """The suite freezes the heap (once a framework is loaded, and at a session's end) only when the process ends
+    with the session: ``pytest.main`` (here pytester, in this process) returns to a program whose garbage must
+    still be collected.  A freeze would add every object the inner session made (thousands); without one the
+    count can only fall, as frozen objects of this process are freed."""
     import gc
 
-    pytester.makepyfile("def test_nothing():\n    pass\n")
+    pytester.makepyfile(PROBE)
     before = gc.get_freeze_count()
     res = pytester.runpytest_inprocess(*SUITE, "--backend=numpy", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
-    assert gc.get_freeze_count() == before
+    assert gc.get_freeze_count() <= before
 
 
 @pytest.mark.slow  # a process of its own; the fast tier checks the other side in-process (above)

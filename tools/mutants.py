@@ -125,7 +125,7 @@ MUTANTS = (
            ("equivtest/suite/test_parallel.py", "-k", "weighted_losses_follow_one_process and 3 and float64"),
            backends="torch"),
     Mutant("the heap frozen at the end of a session inside a program that goes on", "equivtest/suite/plugin.py",
-           "    if tuple(config.invocation_params.args) == tuple(sys.argv[1:]):", "    if True:",
+           "    return tuple(config.invocation_params.args) == tuple(sys.argv[1:])", "    return True",
            ("tests/test_plugin.py", "-k", "collector_alone"), backends="numpy"),
     Mutant("the heap left to the collectors at the end of the session", "equivtest/suite/plugin.py",
            "        gc.collect()\n        gc.freeze()", "        gc.collect()",

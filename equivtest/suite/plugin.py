@@ -57,17 +57,22 @@ def _add_data_parallel(group):
                          "(env EQUIVTEST_DATA_PARALLEL; default: 2, 3 and 4)")
 
 
-def _freeze_the_heap(config) -> None:
-    """At the end of a session whose process ends with it, after one full collection (still under pytest's
-    unraisable-exception hook, so the tests' garbage is collected and reported), move every object to the
-    permanent generation: neither pytest's five further collections nor the interpreter's shutdown then walks
-    the frameworks' object graphs (seconds once TensorFlow and PyTorch are loaded; ``docs/performance.md``).
-    A session started by ``pytest.main`` in a program that goes on, or by pytester inside another run, is
-    left alone (its command line is not the process's)."""
-    import gc
+def _ends_its_process(config) -> bool:
+    """Whether this session's process ends with it: its command line is the process's.  ``pytest.main`` in a
+    program that goes on, or pytester inside another run, is not (its collector must keep collecting)."""
     import sys
 
-    if tuple(config.invocation_params.args) == tuple(sys.argv[1:]):
+    return tuple(config.invocation_params.args) == tuple(sys.argv[1:])
+
+
+def _freeze_the_heap(config) -> None:
+    """At the end of a session that ends its process, after one full collection (still under pytest's
+    unraisable-exception hook, so the tests' garbage is collected and reported), move every object to the
+    permanent generation: neither pytest's five further collections nor the interpreter's shutdown then walks
+    the frameworks' object graphs (seconds once TensorFlow and PyTorch are loaded; ``docs/performance.md``)."""
+    import gc
+
+    if _ends_its_process(config):
         gc.collect()
         gc.freeze()
 
@@ -262,10 +267,11 @@ def backend(request, equivtest_selection):
     if name in equivtest_selection.missing:
         pytest.skip(equivtest_selection.missing[name])
     instance = backends.get(name)
-    import gc
+    if _ends_its_process(request.config):
+        import gc
 
-    # the framework it imported lives as long as the process: the collector need not walk its objects again
-    gc.freeze()
+        # the framework it imported lives as long as the process: the collector need not walk its objects again
+        gc.freeze()
     return instance
 
 
