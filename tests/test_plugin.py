@@ -226,21 +226,30 @@ def test_the_projects_own(tmp_path):  # uses none of the suite's fixtures: its s
 
 
 # ------------------------------------------------------------------------------ the heap at the session's end
+#: a conftest that records the frozen count at every full collection, and where pytest's clean-up (its own
+#: collections among them) begins: right after the pytest_unconfigure hooks
 GC_PROBE = """
 import atexit, gc
 
-atexit.register(lambda: print("frozen objects at exit:", gc.get_freeze_count()))
+seen, cleanup = [], []
+gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2
+                    and seen.append(gc.get_freeze_count()))
 
-def test_nothing():  # no framework fixture: only the session's end can freeze
-    pass
+
+def pytest_unconfigure(config):
+    cleanup.append(len(seen))
+
+
+atexit.register(lambda: print("frozen at each clean-up collection:", seen[cleanup[0]:], "at exit:",
+                              gc.get_freeze_count()))
 """
 
 
 def test_a_session_inside_a_program_that_goes_on_leaves_the_collector_alone(pytester):
-    """The suite freezes the heap (once a framework is loaded, and at a session's end) only when the process ends
-    with the session: ``pytest.main`` (here pytester, in this process) returns to a program whose garbage must
-    still be collected.  A freeze would add every object the inner session made (thousands); without one the
-    count can only fall, as frozen objects of this process are freed."""
+    """The suite freezes the heap at a session's end only when the process ends with the session: ``pytest.main``
+    (here pytester, in this process, with a framework fixture) returns to a program whose garbage must still be
+    collected.  A freeze would add every object the inner session made (thousands); without one the count can
+    only fall, as frozen objects of this process are freed."""
     import gc
 
     pytester.makepyfile(PROBE)
@@ -250,12 +259,31 @@ def test_a_session_inside_a_program_that_goes_on_leaves_the_collector_alone(pyte
     assert gc.get_freeze_count() <= before
 
 
-@pytest.mark.slow  # a process of its own; the fast tier checks the other side in-process (above)
+@pytest.mark.slow  # processes of their own; the fast tier checks the in-process side (above)
 def test_a_session_that_ends_its_process_freezes_the_heap_before_the_clean_up(pytester):
-    """The other side: ``pytest`` on the command line freezes the heap once pytest is done, so neither pytest's
-    clean-up collections nor the interpreter's shutdown walk the frameworks' objects."""
-    pytester.makepyfile(GC_PROBE)
+    """``pytest`` on the command line freezes the heap once the tests are done and before pytest's clean-up, so
+    pytest's own full collections (after the freeze's one) and the interpreter's shutdown skip the frameworks'
+    objects.  A program that calls ``pytest.main()`` and goes on (the same command line) is left alone."""
+    import ast
+    import subprocess
+    import sys
+
+    pytester.makeconftest(GC_PROBE)
+    pytester.makepyfile("def test_nothing():\n    pass\n")
     res = pytester.runpytest_subprocess(*SUITE, "--backend=numpy", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
-    frozen = [line for line in res.outlines if line.startswith("frozen objects at exit:")]
-    assert len(frozen) == 1 and int(frozen[0].split(":")[1]) > 10_000, res.outlines[-5:]
+    line = [x for x in res.outlines if x.startswith("frozen at each clean-up collection:")]
+    assert len(line) == 1, res.outlines[-5:]
+    counts, at_exit = line[0].split(":", 1)[1].split("at exit:")
+    counts = ast.literal_eval(counts.strip())
+    # the freeze's own collection first (nothing frozen yet), then pytest's: each sees the frozen heap
+    assert len(counts) >= 2 and counts[0] == 0 and all(c > 10_000 for c in counts[1:]), counts
+    assert int(at_exit) > 10_000
+    script = pytester.path / "program.py"
+    script.write_text("import gc, sys, pytest\n"
+                      "sys.argv = ['program', '-p', 'equivtest.suite.plugin', '--backend=numpy', '-p', "
+                      "'no:cacheprovider', '-q']\n"
+                      "code = pytest.main()\nprint('pytest.main:', int(code), 'frozen after:', gc.get_freeze_count())\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=pytester.path, capture_output=True, text=True,
+                         timeout=120)
+    assert "pytest.main: 0 frozen after: 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

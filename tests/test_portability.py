@@ -65,7 +65,7 @@ def test_generated_inputs_match_the_pinned_digests(sources):
     assert got == want, _diff(got, want)
 
 
-@pytest.mark.slow  # subprocesses; the fast tier pins the digests in-process (above)
+@pytest.mark.slow  # subprocesses; the fast tier pins 30 of the 33 digests in-process (above)
 @pytest.mark.parametrize("name, env, args", KERNEL_SETS, ids=[k[0] for k in KERNEL_SETS])
 def test_generated_inputs_are_identical_under_other_kernel_sets(name, env, args):
     if name == "numpy-baseline-simd" and not env["NPY_DISABLE_CPU_FEATURES"]:
@@ -79,7 +79,7 @@ def test_generated_inputs_are_identical_under_other_kernel_sets(name, env, args)
     assert got == PINNED, f"under {env}: " + _diff(got, PINNED)
 
 
-@pytest.mark.slow  # the digests again (2 s): the fast tier pins them above
+@pytest.mark.slow  # the digests again (5 s): the fast tier pins all but the seed-size ones above
 def test_the_digest_command_has_help_and_writes_out_atomically(tmp_path, capsys):
     from equivtest.portability import main
 

@@ -124,12 +124,19 @@ MUTANTS = (
            "loss = (shard_sum / k if k else shard_sum) if world.weighted else (",
            ("equivtest/suite/test_parallel.py", "-k", "weighted_losses_follow_one_process and 3 and float64"),
            backends="torch"),
-    Mutant("the heap frozen at the end of a session inside a program that goes on", "equivtest/suite/plugin.py",
-           "    return tuple(config.invocation_params.args) == tuple(sys.argv[1:])", "    return True",
+    Mutant("the heap frozen at the end of a pytester session inside another", "equivtest/suite/plugin.py",
+           "frame is not None and tuple(config.invocation_params.args) == tuple(sys.argv[1:])", "frame is not None",
            ("tests/test_plugin.py", "-k", "collector_alone"), backends="numpy"),
+    Mutant("the heap frozen after pytest.main() in a program that goes on", "equivtest/suite/plugin.py",
+           "return frame is not None and tuple(", "return tuple(",
+           ("tests/test_plugin.py", "--run-slow", "-k", "freezes_the_heap"), backends="numpy"),
     Mutant("the heap left to the collectors at the end of the session", "equivtest/suite/plugin.py",
            "        gc.collect()\n        gc.freeze()", "        gc.collect()",
-           ("tests/test_plugin.py", "-k", "freezes_the_heap"), backends="numpy"),
+           ("tests/test_plugin.py", "--run-slow", "-k", "freezes_the_heap"), backends="numpy"),
+    Mutant("the heap frozen after pytest's clean-up collections", "equivtest/suite/plugin.py",
+           "session.config.add_cleanup(lambda: _freeze_the_heap(session.config))",
+           '__import__("atexit").register(lambda: _freeze_the_heap(session.config))',
+           ("tests/test_plugin.py", "--run-slow", "-k", "freezes_the_heap"), backends="numpy"),
 )
 
 

@@ -58,11 +58,16 @@ def _add_data_parallel(group):
 
 
 def _ends_its_process(config) -> bool:
-    """Whether this session's process ends with it: its command line is the process's.  ``pytest.main`` in a
-    program that goes on, or pytester inside another run, is not (its collector must keep collecting)."""
+    """Whether this session's process ends with it: pytest was started from the command line
+    (``pytest.console_main``, which the ``pytest`` script and ``python -m pytest`` call, is on the stack) and
+    this session's arguments are that command line's.  ``pytest.main`` in a program that goes on, or pytester
+    inside another run, is not: its collector must keep collecting."""
     import sys
 
-    return tuple(config.invocation_params.args) == tuple(sys.argv[1:])
+    frame, main = sys._getframe(), pytest.console_main.__code__
+    while frame is not None and frame.f_code is not main:
+        frame = frame.f_back
+    return frame is not None and tuple(config.invocation_params.args) == tuple(sys.argv[1:])
 
 
 def _freeze_the_heap(config) -> None:
@@ -266,13 +271,7 @@ def backend(request, equivtest_selection):
     name = request.param
     if name in equivtest_selection.missing:
         pytest.skip(equivtest_selection.missing[name])
-    instance = backends.get(name)
-    if _ends_its_process(request.config):
-        import gc
-
-        # the framework it imported lives as long as the process: the collector need not walk its objects again
-        gc.freeze()
-    return instance
+    return backends.get(name)
 
 
 @pytest.fixture(scope="session")

@@ -66,28 +66,34 @@ class Backend(BaseBackend):
         return env
 
     # -- the worker ---------------------------------------------------------------
+    def _running(self) -> bool:
+        return self._proc is not None and self._conn is not None and self._proc.poll() is None
+
     def start(self, *, background: bool = False) -> None:
         """Start the worker process if it is not running; returns at once (its framework loads meanwhile).
 
-        ``background``: started ahead of need (:func:`equivtest.parallel.prestart`), the worker runs at a
-        lower CPU priority (nice 10), so loading its framework takes only CPU time the caller leaves idle."""
-        if self._conn is None or self._proc.poll() is not None:
-            parent, child = socket.socketpair()
-            env = self._env()
-            # the framework's start-up logging stays out of the user's terminal unless EQUIVTEST_VERBOSE (the CLI's
-            # --verbose); errors travel back over the connection either way, with their messages
-            verbose = os.environ.get("EQUIVTEST_VERBOSE", "") not in ("", "0")
-            if not verbose:
-                env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "equivtest.backends.keras.worker", str(child.fileno()),
-                 *([str(BACKGROUND_NICE)] if background else [])],
-                pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
-                stderr=None if verbose else subprocess.DEVNULL,
-            )
-            child.close()
-            self._conn = Connection(parent.detach())
-            atexit.register(self.close)
+        ``background``: started ahead of need (:func:`equivtest.parallel.prestart`), the worker runs at nice 10
+        for its whole life: while it loads its framework, the caller's own work gets the CPU first; once the
+        caller waits on it, an otherwise idle CPU is its alone."""
+        if self._running():
+            return
+        self.close()  # a worker that died or was asked to stop: reap it and close its connection first
+        parent, child = socket.socketpair()
+        env = self._env()
+        # the framework's start-up logging stays out of the user's terminal unless EQUIVTEST_VERBOSE (the CLI's
+        # --verbose); errors travel back over the connection either way, with their messages
+        verbose = os.environ.get("EQUIVTEST_VERBOSE", "") not in ("", "0")
+        if not verbose:
+            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "equivtest.backends.keras.worker", str(child.fileno()),
+             *([str(BACKGROUND_NICE)] if background else [])],
+            pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+            stderr=None if verbose else subprocess.DEVNULL,
+        )
+        child.close()
+        self._conn = Connection(parent.detach())
+        atexit.register(self.close)
 
     def _call(self, *request):
         self.start()
@@ -113,16 +119,19 @@ class Backend(BaseBackend):
         return value
 
     def stop(self) -> None:
-        """Ask the worker to exit, once, without waiting (:meth:`close` waits)."""
-        if self._proc is not None and self._conn is not None and self._proc.poll() is None:
+        """Ask the worker to exit without waiting (:meth:`close` waits); its connection is closed either way."""
+        if self._conn is None:
+            return
+        if self._proc is not None and self._proc.poll() is None:
             try:
                 self._conn.send(None)
             except OSError:
                 self._proc.kill()
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
+        self._conn = None
 
     def close(self):
+        """Stop the worker and wait for it (killed after 10 s)."""
         self.stop()
         if self._proc is not None:
             try:
