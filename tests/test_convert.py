@@ -717,3 +717,17 @@ def test_array_features_are_checked_as_a_files_are(tmp_path, capsys):
         api.verify(src, conv, bad)
     with pytest.raises(FeatureError, match="one row per item"):
         api.verify(src, conv, np.zeros((0, D)))
+
+
+def test_bfloat16_rounding_is_ml_dtypes_bit_for_bit():
+    """``core.round_to(x, "bfloat16")`` (NumPy, no framework) gives the value ml_dtypes's cast gives, bit for bit,
+    on the suite's cases: the whole exponent range, subnormals, exact ties and values just past a tie (where
+    rounding through float32 first, as torch's cast from float64 does, differs on about half)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="needs ml_dtypes to compare with: pip install 'equivtest[onnx]'")
+    from equivtest.suite.test_convert_rules import bf16_rounding_cases
+
+    x = np.concatenate(bf16_rounding_cases())
+    with np.errstate(over="ignore"):  # a few cases round past bfloat16's largest value, to inf, as they should
+        theirs = x.astype(ml_dtypes.bfloat16).astype(np.float64)
+    ours = core.round_to(x, "bfloat16")
+    assert ours.view(np.uint64).tolist() == theirs.view(np.uint64).tolist()

@@ -7,8 +7,9 @@ is :mod:`equivtest.heads`'s, applied here in float64 and rounded once to the
 storage dtype, so the only error a conversion adds is that one rounding, and
 :class:`Rounding` reports it.
 
-No framework is imported here: half-precision rounding goes through
-``ml_dtypes`` (installed with TensorFlow, JAX and ONNX) or, without it, torch.
+No framework is imported here, and nothing else either: float16 and float32
+are NumPy's own casts from float64, and bfloat16 (which NumPy lacks) is rounded
+here (:func:`round_to_bfloat16`), straight from float64.
 """
 
 from __future__ import annotations
@@ -46,21 +47,40 @@ def dtype_name(dtype) -> str:
     return {"half": "float16", "float": "float32", "double": "float64"}.get(s, s)
 
 
+#: bfloat16: 8 significant bits and float32's exponent range, so values below its smallest normal (2^-126) are
+#: spaced 2^-133; 2^128 and past it are past its largest finite value (and its rounding boundary)
+_BF16_BITS, _BF16_SUBNORMAL_SPACING_EXP, _BF16_OVERFLOW = 8, -133, 2.0 ** 128
+
+
+def round_to_bfloat16(values) -> np.ndarray:
+    """float64 ``values`` rounded once to the nearest bfloat16 (ties to even), returned as float64 (exact).
+
+    Each finite x = m 2^e (0.5 <= |m| < 1) is a whole number of its bfloat16 spacing 2^q away from 0, with
+    q = e - 8 for normals and 2^-133 below bfloat16's smallest normal; ``np.rint`` rounds x / 2^q to the
+    nearest integer, ties to even, and scaling by powers of two is exact.  What rounds to 2^128 or past it
+    overflows to +-inf; inf, nan and signed zeros pass through.  Converting through float32 first (as
+    ``torch.tensor(x).to(torch.bfloat16)`` does from float64) rounds twice, and misses the nearest value
+    for x just past a bfloat16 tie.
+    """
+    v = np.array(values, dtype=np.float64)
+    live = np.isfinite(v) & (v != 0)
+    x = v[live]
+    _, e = np.frexp(x)
+    q = np.maximum(e - _BF16_BITS, _BF16_SUBNORMAL_SPACING_EXP)
+    r = np.ldexp(np.rint(np.ldexp(x, -q)), q)
+    v[live] = np.where(np.abs(r) >= _BF16_OVERFLOW, np.copysign(np.inf, r), r)
+    return v
+
+
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
-    """``values`` (float64) rounded to nearest in ``dtype``, returned as float64 (exact)."""
+    """``values`` (float64) rounded once to nearest in ``dtype``, returned as float64 (exact)."""
     dtype = dtype_name(dtype)
     if dtype not in UNIT_ROUNDOFF:
         raise ValueError(f"cannot store weights in {dtype}; expected one of {', '.join(UNIT_ROUNDOFF)}")
     values = np.asarray(values, dtype=np.float64)
-    if dtype != "bfloat16":
-        return values.astype(dtype).astype(np.float64)
-    try:
-        import ml_dtypes
-    except ImportError:  # torch-only installs: torch rounds float64 -> bfloat16 to nearest as well
-        import torch
-
-        return torch.from_numpy(values).to(torch.bfloat16).to(torch.float64).numpy()
-    return values.astype(ml_dtypes.bfloat16).astype(np.float64)
+    if dtype == "bfloat16":
+        return round_to_bfloat16(values)
+    return values.astype(dtype).astype(np.float64)  # NumPy casts float64 to float32 / float16 in one rounding
 
 
 @dataclass(frozen=True)
