@@ -25,6 +25,21 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "bench: a benchmark at the seed's scale (run with --bench)")
 
 
+def pytest_collection_finish(session):
+    """A test module may start work its tests will wait for (a subprocess) as soon as collection ends, through
+    a module-level ``start_early(session, items)`` given its selected items, so that work runs beside the tests
+    before it (tests/test_cli.py's one ``equivtest run``)."""
+    if session.config.option.collectonly:
+        return
+    by_module = {}
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "start_early"):
+            by_module.setdefault(module, []).append(item)
+    for module, items in by_module.items():
+        module.start_early(session, items)
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--bench"):
         return

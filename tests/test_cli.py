@@ -3,8 +3,11 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,11 +46,39 @@ def _assert_usage_error(res, *needles):
         assert n in lines[0]
 
 
+#: the ``equivtest run`` subprocess ``small_run`` reads, once started: (the process, its --out folder)
+_SMALL_RUN = pytest.StashKey[tuple]()
+
+
+def _start_small_run(config) -> tuple:
+    """The one full run in a process of its own, writing to a folder removed when the session ends."""
+    out = Path(tempfile.mkdtemp(prefix="equivtest-small-run-"))
+    proc = subprocess.Popen([sys.executable, "-m", "equivtest.cli", "run", *SMALL, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config.stash[_SMALL_RUN] = (proc, out)
+
+    def reap():
+        if proc.poll() is None:  # the session stopped before small_run read it
+            proc.kill()
+        proc.communicate()
+        shutil.rmtree(out, ignore_errors=True)
+
+    config.add_cleanup(reap)
+    return proc, out
+
+
+def start_early(session, items) -> None:
+    """Called by the root conftest when collection ends: start the run ``small_run`` reads if a selected test
+    uses it, so its 2 s on a core pass beside the tests before this module's instead of in front of them."""
+    if any("small_run" in item.fixturenames for item in items):
+        _start_small_run(session.config)
+
+
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    res = equivtest_process("run", *SMALL, "--out", str(out))  # the one full run in a process of its own
-    return res, out
+def small_run(request):
+    proc, out = request.config.stash.get(_SMALL_RUN, None) or _start_small_run(request.config)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
 
 
 def test_run_passes_and_writes_every_file(small_run):
@@ -466,7 +497,6 @@ def test_an_input_error_leaves_out_untouched(tmp_path):
 
 def test_no_file_from_an_earlier_run_survives_in_out(tmp_path, small_run):
     """A run with --no-plots after one with plots: the old PNGs go; an input error keeps the old report whole."""
-    import shutil
 
     shutil.copytree(small_run[1], tmp_path, dirs_exist_ok=True)  # what a run with plots left (the same command)
     assert (tmp_path / "loss_curves.png").exists()
