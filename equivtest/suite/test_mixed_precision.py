@@ -106,6 +106,7 @@ def test_autocast_needs_float32_weights():
         Plan(autocast="float16")
 
 
+@pytest.mark.fast_cells(dict(backend=FIRST, optimizer="sgd"))  # both sides of 2 once; Adam in the slow tier
 @pytest.mark.parametrize("factor", [1.95, 2.05])
 @OPTIMIZERS
 def test_bfloat16_a_rate_2_5_percent_off_is_told_apart(backend, device, dataset, plan, optimizer, lr, factor):
