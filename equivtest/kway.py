@@ -35,13 +35,13 @@ class KWay:
 
 def digits_kway(K: int) -> KWay:
     """scikit-learn's digits restricted to classes 0..K-1, pixels / 16."""
-    from sklearn.datasets import load_digits
+    from .sources import sklearn_set
 
     if not 2 <= K <= 10:
         raise ValueError(f"K must be in 2..10 for digits, got {K}")
-    b = load_digits()
-    keep = b.target < K
-    return KWay(b.data[keep] / 16.0, b.target[keep].astype(np.int64))
+    data, target = sklearn_set("digits")
+    keep = target < K
+    return KWay(data[keep] / 16.0, target[keep])
 
 
 def n_params(K: int, d: int, reference: bool = False) -> int:

@@ -95,21 +95,55 @@ def _synthetic_name(n: int, d: int) -> str:
 
 
 # --------------------------------------------------------------------------- scikit-learn
+# --------------------------------------------------------------------------- scikit-learn's sets
+def sklearn_set(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(data (N, D) float64, target (N,) int64) of one of scikit-learn's bundled sets: "digits" or
+    "breast_cancer".
+
+    Read from scikit-learn's own copy of the file and parsed as its loader parses it, without importing
+    scikit-learn: ``sklearn.datasets`` imports 1.5 s of modules (scipy.stats among them) to read a file of a
+    few hundred kB.  Where scikit-learn lays its files out otherwise, its loader reads them.  Either way the
+    numbers are the same (tests/test_portability.py pins the digests of both sources).
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" / "data" if spec else None
+    if name == "digits" and folder is not None and (folder / "digits.csv.gz").is_file():
+        import gzip
+
+        with gzip.open(folder / "digits.csv.gz", "rt") as f:  # load_digits: np.loadtxt on the gzip stream
+            table = np.loadtxt(f, delimiter=",")
+        return table[:, :-1], table[:, -1].astype(np.int64)
+    if name == "breast_cancer" and folder is not None and (folder / "breast_cancer.csv").is_file():
+        import csv
+
+        with open(folder / "breast_cancer.csv", encoding="utf-8") as f:  # load_csv_data: a header, then rows
+            rows = csv.reader(f)
+            n, d = (int(v) for v in next(rows)[:2])
+            table = [r for r in rows]
+        if len(table) == n and all(len(r) == d + 1 for r in table):
+            return (np.asarray([r[:-1] for r in table], dtype=np.float64),
+                    np.asarray([r[-1] for r in table], dtype=np.int64))
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    return bunch.data.astype(np.float64), bunch.target.astype(np.int64)
+
+
 def breast_cancer(*, split_seed: int = DEFAULT_SEED) -> Dataset:
     """scikit-learn's Wisconsin breast cancer set (569 x 30), standardised per feature.
 
     Label 1 = benign, 0 = malignant (scikit-learn's own coding).  Standardisation
     uses the whole set's mean and standard deviation (no fitting on labels).
     """
-    from sklearn.datasets import load_breast_cancer
-
     from . import rand
 
-    bunch = load_breast_cancer()
-    X = bunch.data.astype(np.float64)
+    X, y = sklearn_set("breast_cancer")
     X = X - rand.column_means(X)  # sums correctly rounded: the same bits on every machine
     X = X / np.sqrt(rand.column_means(X * X))
-    return Dataset(X.astype(np.float32), bunch.target, source="breast-cancer", split_seed=split_seed,
+    return Dataset(X.astype(np.float32), y, source="breast-cancer", split_seed=split_seed,
                    description="scikit-learn breast cancer (569 x 30, standardised); 1 = benign")
 
 
@@ -119,13 +153,11 @@ def digits(*, split_seed: int = DEFAULT_SEED, images: bool = False) -> Dataset:
     Pixel values 0..16 are divided by 16.  ``images=True`` keeps them as 8 x 8 x 1
     images (NHWC), for a convolutional body.
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    X = (bunch.data / 16.0).astype(np.float32)
+    data, target = sklearn_set("digits")
+    X = (data / 16.0).astype(np.float32)
     if images:
         X = X.reshape(-1, 8, 8, 1)
-    y = (bunch.target % 2).astype(np.int64)
+    y = target % 2
     shape = "1797 x 8 x 8 x 1 images" if images else "1797 x 64"
     return Dataset(X, y, source="digits", split_seed=split_seed,
                    description=f"scikit-learn digits ({shape}, pixels / 16); label 1 = odd digit")

@@ -188,3 +188,35 @@ def test_a_surrogate_larger_than_free_memory_is_refused_before_allocating():
     with pytest.raises(FeatureError, match=r"features 'synthetic:99999999x99999': needs about \d+\.\d GB to make "
                                            r"\(99999999 x 99999 values\), but \d+\.\d GB of memory is free"):
         load_features("synthetic:99999999x99999")
+
+
+@pytest.mark.parametrize("name", ["digits", "breast_cancer"])
+def test_scikit_learns_sets_are_read_as_its_loaders_read_them(name, monkeypatch):
+    """``sources.sklearn_set`` reads scikit-learn's bundled file itself: the same float64 and int64 values, bit for
+    bit, as ``sklearn.datasets.load_<name>``; and where scikit-learn's files are not where it looks, it uses
+    that loader and still gives them."""
+    import importlib.util
+
+    from sklearn import datasets
+
+    from equivtest import sources
+
+    bunch = getattr(datasets, f"load_{name}")()
+    want = (bunch.data.astype(np.float64).tobytes(), bunch.target.astype(np.int64).tobytes())
+    data, target = sources.sklearn_set(name)
+    assert (data.dtype, target.dtype) == (np.float64, np.int64)
+    assert (data.tobytes(), target.tobytes()) == want
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "sklearn" else find_spec(n, *a))
+    assert tuple(a.tobytes() for a in sources.sklearn_set(name)) == want
+
+
+def test_the_built_in_scikit_learn_sources_do_not_import_scikit_learn():
+    """Loading ``digits`` and ``breast-cancer`` reads two files: scikit-learn (1.5 s of imports) stays unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from equivtest.sources import load_features; load_features('digits'); "
+            "load_features('breast-cancer'); print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
