@@ -2,7 +2,8 @@
 
 The equivtest plugin itself loads through its ``pytest11`` entry point
 (``pip install -e .``); this file only adds what the project's own tests use:
-pytester, hypothesis profiles, and the ``--bench`` switch for tests/benchmarks.
+pytester, hypothesis profiles, the ``--bench`` switch for tests/benchmarks, and
+a test module's ``start_early`` hook (work started when collection ends).
 """
 
 import pytest

@@ -94,7 +94,6 @@ def _synthetic_name(n: int, d: int) -> str:
     return "synthetic" if (n, d) == SURROGATE_SHAPE else f"synthetic:{n}x{d}"
 
 
-# --------------------------------------------------------------------------- scikit-learn
 # --------------------------------------------------------------------------- scikit-learn's sets
 def sklearn_set(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(data (N, D) float64, target (N,) int64) of one of scikit-learn's bundled sets: "digits" or
@@ -108,12 +107,18 @@ def sklearn_set(name: str) -> tuple[np.ndarray, np.ndarray]:
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
-    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" / "data" if spec else None
+    if name not in ("digits", "breast_cancer"):
+        raise ValueError(f"unknown scikit-learn set {name!r}; expected 'digits' or 'breast_cancer'")
+    try:
+        spec = importlib.util.find_spec("sklearn")  # a top-level package: found, not run
+    except ValueError:  # a stand-in module without a spec in sys.modules
+        spec = None
+    places = list(spec.submodule_search_locations or ()) if spec is not None else []
+    folder = Path(places[0]) / "datasets" / "data" if places else None
     if name == "digits" and folder is not None and (folder / "digits.csv.gz").is_file():
         import gzip
 
-        with gzip.open(folder / "digits.csv.gz", "rt") as f:  # load_digits: np.loadtxt on the gzip stream
+        with gzip.open(folder / "digits.csv.gz", "rt", encoding="utf-8") as f:  # load_digits: np.loadtxt on the gzip stream
             table = np.loadtxt(f, delimiter=",")
         return table[:, :-1], table[:, -1].astype(np.int64)
     if name == "breast_cancer" and folder is not None and (folder / "breast_cancer.csv").is_file():

@@ -46,39 +46,43 @@ def _assert_usage_error(res, *needles):
         assert n in lines[0]
 
 
-#: the ``equivtest run`` subprocess ``small_run`` reads, once started: (the process, its --out folder)
+#: the ``equivtest run`` subprocess ``small_run`` reads, once started: (the process, its folder)
 _SMALL_RUN = pytest.StashKey[tuple]()
 
 
 def _start_small_run(config) -> tuple:
-    """The one full run in a process of its own, writing to a folder removed when the session ends."""
-    out = Path(tempfile.mkdtemp(prefix="equivtest-small-run-"))
-    proc = subprocess.Popen([sys.executable, "-m", "equivtest.cli", "run", *SMALL, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    config.stash[_SMALL_RUN] = (proc, out)
+    """The one full run in a process of its own: its report in ``report/`` and its output in two files (a pipe
+    nobody reads until the fixture runs could fill up and stall it), in a folder removed when the session ends."""
+    root = Path(tempfile.mkdtemp(prefix="equivtest-small-run-"))
+    with open(root / "stdout", "w") as out, open(root / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "equivtest.cli", "run", *SMALL, "--out", str(root / "report")],
+                                stdout=out, stderr=err)
+    config.stash[_SMALL_RUN] = (proc, root)
 
     def reap():
         if proc.poll() is None:  # the session stopped before small_run read it
             proc.kill()
-        proc.communicate()
-        shutil.rmtree(out, ignore_errors=True)
+        proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
 
     config.add_cleanup(reap)
-    return proc, out
+    return proc, root
 
 
 def start_early(session, items) -> None:
     """Called by the root conftest when collection ends: start the run ``small_run`` reads if a selected test
-    uses it, so its 2 s on a core pass beside the tests before this module's instead of in front of them."""
-    if any("small_run" in item.fixturenames for item in items):
+    uses it, so its 2 s on a core pass beside the tests before this module's instead of in front of them.  Not
+    in a pytest-xdist worker: each collects every test, and the one that runs them starts the run when asked."""
+    if not hasattr(session.config, "workerinput") and any("small_run" in item.fixturenames for item in items):
         _start_small_run(session.config)
 
 
 @pytest.fixture(scope="module")
 def small_run(request):
-    proc, out = request.config.stash.get(_SMALL_RUN, None) or _start_small_run(request.config)
-    stdout, stderr = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
+    proc, root = request.config.stash.get(_SMALL_RUN, None) or _start_small_run(request.config)
+    proc.wait(timeout=120)
+    out, err = ((root / name).read_text() for name in ("stdout", "stderr"))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), root / "report"
 
 
 def test_run_passes_and_writes_every_file(small_run):

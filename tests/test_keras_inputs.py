@@ -17,7 +17,7 @@ from equivtest.plan import Plan
 pytestmark = pytest.mark.needs_backends("keras")
 
 
-@pytest.mark.fast_cells(dict(dropout=0.5), dict(dropout=0.0, dtype="float32"))  # masked and unmasked; 0.3: slow
+@pytest.mark.fast_cells(dict(dropout=0.5), dict(dropout=0.0, dtype="float32"))  # masked, unmasked; the rest slow
 @pytest.mark.parametrize("form", ["head", "body"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("dropout", [0.5, 0.3, 0.0])

@@ -197,6 +197,36 @@ def test_a_data_parallel_world_size_the_tests_cannot_split_is_a_usage_error_in_o
                       f"must be one of 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 24, 30, 40, 60, 120"], res.stderr.str()
 
 
+WORLD_SIZES = """
+import pytest
+from equivtest.suite.plugin import world_sizes
+
+def pytest_generate_tests(metafunc):  # as test_parallel.py: the run's world sizes
+    if "world_size" in metafunc.fixturenames and "own" not in metafunc.function.__name__:
+        metafunc.parametrize("world_size", world_sizes(metafunc.config))
+
+@pytest.mark.fast_cells(dict(world_size=3))
+def test_runs(world_size):
+    pass
+
+@pytest.mark.fast_cells(dict(world_size=3))
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_own(world_size):
+    pass
+"""
+
+
+@pytest.mark.parametrize("option, kept", [((), ["test_runs[3]", "test_own[3]"]),
+                                          (("--data-parallel=4",), ["test_runs[4]", "test_own[3]"]),
+                                          (("--data-parallel=2",), ["test_runs[2]", "test_own[2]"])])
+def test_the_fast_tier_keeps_a_data_parallel_cell_at_the_world_size_the_run_names(pytester, option, kept):
+    """A fast cell's world size gives way to the one ``--data-parallel N`` names, where the test has it (else its
+    own stays): asking for N never leaves the fast tier without its data-parallel cells."""
+    pytester.makepyfile(WORLD_SIZES)
+    res = pytester.runpytest_inprocess(*SUITE, "-p", "no:randomly", "--collect-only", "-q", *option)
+    assert [line.split("::")[-1] for line in res.outlines if "::" in line] == kept, res.stdout.str()
+
+
 def test_a_skip_for_an_undeclared_reason_fails_the_suite_and_is_listed(pytester):
     """A dropped capability used to look green (NotImplementedError -> skip): now only declared reasons skip."""
     pytester.makepyfile("""

@@ -56,10 +56,10 @@ def round_to_bfloat16(values) -> np.ndarray:
     """float64 ``values`` rounded once to the nearest bfloat16 (ties to even), returned as float64 (exact).
 
     Each finite x = m 2^e (0.5 <= |m| < 1) is a whole number of its bfloat16 spacing 2^q away from 0, with
-    q = e - 8 for normals and 2^-133 below bfloat16's smallest normal; ``np.rint`` rounds x / 2^q to the
+    q = e - 8 for normals and q = -133 below bfloat16's smallest normal (2^-126); ``np.rint`` rounds x / 2^q to the
     nearest integer, ties to even, and scaling by powers of two is exact.  What rounds to 2^128 or past it
     overflows to +-inf; inf, nan and signed zeros pass through.  Converting through float32 first (as
-    ``torch.tensor(x).to(torch.bfloat16)`` does from float64) rounds twice, and misses the nearest value
+    ``torch.from_numpy(x).to(torch.bfloat16)`` does from float64) rounds twice, and misses the nearest value
     for x just past a bfloat16 tie.
     """
     v = np.array(values, dtype=np.float64)
@@ -90,7 +90,7 @@ class Rounding:
     dtype: str
     max_abs: float  # max |stored - exact| over the weight and the bias
     max_rel: float  # max |stored - exact| / |exact| over the nonzero exact values
-    unit_roundoff: float  # the dtype's u: max_rel <= u always
+    unit_roundoff: float  # the dtype's u: max_rel <= u wherever the results are normal numbers of the dtype
 
     def to_dict(self) -> dict:
         return {"dtype": self.dtype, "max_abs": self.max_abs, "max_rel": self.max_rel,

@@ -110,13 +110,18 @@ def pytest_configure(config):
         raise pytest.UsageError(str(exc)) from None
 
 
+def _data_parallel_option(config) -> str | None:
+    """``--data-parallel``'s value, else EQUIVTEST_DATA_PARALLEL's, else None."""
+    return config.getoption("equivtest_data_parallel", None) or os.environ.get(ENV_DATA_PARALLEL) or None
+
+
 def world_sizes(config) -> list[int]:
     """The data-parallel tests' world sizes: ``--data-parallel N`` (or EQUIVTEST_DATA_PARALLEL), else 2, 3, 4.
 
     Checked in ``pytest_configure``, so a bad value is a usage error in one line, not a collection error."""
     from ..errors import InputError
 
-    raw = config.getoption("equivtest_data_parallel", None) or os.environ.get(ENV_DATA_PARALLEL)
+    raw = _data_parallel_option(config)
     if not raw:
         return [2, 3, 4]
     flag = "--data-parallel" if config.getoption("equivtest_data_parallel", None) else ENV_DATA_PARALLEL
@@ -219,7 +224,8 @@ def pytest_collection_modifyitems(config, items):
     from ..devices import Device
     from .tiers import select_tier
 
-    select_tier(config, items, sel.installed)
+    chosen = {"world_size": world_sizes(config)[0]} if _data_parallel_option(config) else None
+    select_tier(config, items, sel.installed, chosen)
     # the tests on worker processes run last (a stable sort keeps each group's order), so the workers that
     # pytest_collection_finish starts load their framework while every other test runs in this process
     items.sort(key=lambda item: item.get_closest_marker("workers") is not None)

@@ -173,7 +173,7 @@ def test_parallel_ddp_mean_of_shard_means_holds_with_even_shards(ranks):
 
 # ------------------------------------------------------------------------------ every engine
 # each engine once: the Keras ones here, torch's DDP in test_parallel_weighted_losses_follow_one_process (3 ranks)
-@pytest.mark.fast_cells(dict(world_size=2, dtype="float32", backend=("keras", "keras-torch", "keras-jax")))
+@pytest.mark.fast_cells(dict(world_size=2, dtype="float32", backend=("keras", "keras-jax")))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_parallel_workers_follow_one_worker(dp_backend, world_size, dtype):
     """N workers against the plain backend in one process, same head: the reduction order is all that differs.

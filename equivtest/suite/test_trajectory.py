@@ -48,7 +48,7 @@ def test_negative_control_sigmoid_at_softmax_rate(backend, device, dataset, plan
     assert_trajectories_differ(soft, sig, **TOLERANCES["float32"])
 
 
-@pytest.mark.fast_cells(dict(backend=FIRST, optimizer="adagrad"))  # the most state to reset; the others: slow
+@pytest.mark.fast_cells(dict(backend=FIRST, optimizer="adagrad"))  # a reset to zero shows (below); others: slow
 @pytest.mark.parametrize("optimizer", ["momentum", "adam", "adagrad"])  # adagrad: slots that do not start at 0
 def test_trajectory_is_deterministic(backend, device, dataset, plan, optimizer):
     """Same plan and seed: bit-identical, even after another run in between at another rate with other optimizer

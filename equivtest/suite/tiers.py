@@ -12,7 +12,10 @@ pytest's documented ``--runslow`` recipe, with one addition: a test can keep
     framework-free tests alone);
     the rest of the matrix is slow.  ``FIRST`` stands for the first selected,
     installed backend in :data:`FAST_BACKENDS`' order, so each test
-    still runs once whatever ``--backend`` names.
+    still runs once whatever ``--backend`` names; likewise where the run
+    chooses a parameter's value (``--data-parallel N`` chooses ``world_size``),
+    a cell matches at the chosen value instead of its own (where the test has
+    that value), so the fast tier keeps its data-parallel cells, at N.
 
 In the fast tier (the default) the slow cells are deselected, and a summary
 line says how many and how to run them.  ``--run-slow`` (or
@@ -50,10 +53,12 @@ def first_backend(installed) -> str | None:
     return next((b for b in FAST_BACKENDS if b in installed), None)
 
 
-def _matches(params: dict, cell: dict, first: str | None) -> bool:
+def _matches(params: dict, cell: dict, first: str | None, chosen: dict | None = None) -> bool:
     for key, want in cell.items():
         if key not in params:
             continue  # a test without that parameter (a module-wide marker on a framework-free test)
+        if chosen and key in chosen:
+            want = chosen[key]  # the run's value, not the cell's
         want = first if want == FIRST else want
         options = want if isinstance(want, tuple) else (want,)
         if params[key] not in options:
@@ -61,22 +66,28 @@ def _matches(params: dict, cell: dict, first: str | None) -> bool:
     return True
 
 
-def is_slow(item, first: str | None) -> bool:
+def is_slow(item, first: str | None, chosen: dict | None = None) -> bool:
     if item.get_closest_marker("slow"):
         return True
     marker = item.get_closest_marker("fast_cells")
     if marker is None:
         return False
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return not any(_matches(params, cell, first) for cell in marker.args)
+    return not any(_matches(params, cell, first, chosen) for cell in marker.args)
 
 
-def select_tier(config, items, installed) -> None:
-    """Mark every slow cell ``slow``; in the fast tier deselect them (before ``-m`` is applied)."""
+def select_tier(config, items, installed, chosen: dict | None = None) -> None:
+    """Mark every slow cell ``slow``; in the fast tier deselect them (before ``-m`` is applied).  ``chosen``: the
+    values the run chose for a parameter (``{"world_size": N}`` under ``--data-parallel N``)."""
     first = first_backend(installed)
+    # a test whose own values do not include the run's (the composition test's world sizes are its own 2 and 3)
+    # keeps its cells' values
+    offers = {(getattr(i, "function", None), k) for i in items for k, v in (chosen or {}).items()
+              if getattr(getattr(i, "callspec", None), "params", {}).get(k) == v}
     slow = []
     for item in items:
-        if is_slow(item, first):
+        fn = getattr(item, "function", None)
+        if is_slow(item, first, {k: v for k, v in (chosen or {}).items() if (fn, k) in offers}):
             if not item.get_closest_marker("slow"):
                 item.add_marker(pytest.mark.slow)
             slow.append(item)
