@@ -36,6 +36,7 @@ from equivtest.plan import Plan
 from equivtest.sources import digits, surrogate
 
 from .plugin import PARALLEL_BATCH, world_sizes
+from .tiers import FIRST
 
 pytestmark = pytest.mark.workers  # run last: their workers start in the background (plugin)
 
@@ -194,7 +195,7 @@ def test_parallel_workers_follow_one_worker(dp_backend, world_size, dtype):
     assert_weights_close(many, one, dtype)
 
 
-@pytest.mark.slow
+@pytest.mark.fast_cells(dict(backend=FIRST))  # T31 once: torch where installed (the oracle has no engine: a skip)
 def test_parallel_softmax_and_converted_sigmoid_agree(dp_backend):
     p = Plan(epochs=2, batch_size=BATCH, lr=0.05, optimizer="sgd")
     w = p.initial_weights("softmax", DATA.n_features)
