@@ -256,16 +256,21 @@ def test_the_projects_own(tmp_path):  # uses none of the suite's fixtures: its s
 
 
 # ------------------------------------------------------------------------------ the heap at the session's end
-#: a conftest that records the frozen count at every full collection, and where pytest's clean-up (its own
-#: collections among them) begins: right after the pytest_unconfigure hooks
+#: a conftest that records the frozen count at every full collection, and where the session's end begins: at
+#: the first pytest_unconfigure hook (a conftest's tryfirst one runs before the plugins' tryfirst ones), before
+#: pytest's own collections (in its unraisable-exception plugin's pytest_unconfigure from 9.2, in the clean-up
+#: stack after the hooks before that)
 GC_PROBE = """
 import atexit, gc
+
+import pytest
 
 seen, cleanup = [], []
 gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2
                     and seen.append(gc.get_freeze_count()))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config):
     cleanup.append(len(seen))
 

@@ -57,23 +57,32 @@ def _add_data_parallel(group):
                          "(env EQUIVTEST_DATA_PARALLEL; default: 2, 3 and 4)")
 
 
+#: pytest's command-line entry points, which the ``pytest`` script and ``python -m pytest`` call, in the module
+#: that defines ``pytest.main``: ``console_main`` (pytest 7 to 9.0), ``_console_main`` (9.1 on; ``console_main``
+#: is deprecated there)
+_ENTRY_POINTS = ("console_main", "_console_main")
+
+
 def _ends_its_process(config) -> bool:
-    """Whether this session's process ends with it: pytest was started from the command line
-    (``pytest.console_main``, which the ``pytest`` script and ``python -m pytest`` call, is on the stack) and
-    this session's arguments are that command line's.  ``pytest.main`` in a program that goes on, or pytester
-    inside another run, is not: its collector must keep collecting."""
+    """Whether this session's process ends with it: pytest was started from the command line (the outermost
+    call into the module that defines ``pytest.main`` is one of its entry points) and this session's arguments
+    are that command line's.  ``pytest.main`` in a program that goes on, or pytester inside another run, is
+    not: its collector must keep collecting."""
     import sys
 
-    frame, main = sys._getframe(), pytest.console_main.__code__
-    while frame is not None and frame.f_code is not main:
+    frame, outermost = sys._getframe(), None
+    while frame is not None:
+        if frame.f_globals.get("__name__") == pytest.main.__module__:
+            outermost = frame.f_code.co_name
         frame = frame.f_back
-    return frame is not None and tuple(config.invocation_params.args) == tuple(sys.argv[1:])
+    from_the_command_line = outermost in _ENTRY_POINTS
+    return from_the_command_line and tuple(config.invocation_params.args) == tuple(sys.argv[1:])
 
 
 def _freeze_the_heap(config) -> None:
     """At the end of a session that ends its process, after one full collection (still under pytest's
     unraisable-exception hook, so the tests' garbage is collected and reported), move every object to the
-    permanent generation: neither pytest's five further collections nor the interpreter's shutdown then walks
+    permanent generation: neither pytest's further collections nor the interpreter's shutdown then walks
     the frameworks' object graphs (seconds once TensorFlow and PyTorch are loaded; ``docs/performance.md``)."""
     import gc
 
@@ -82,9 +91,11 @@ def _freeze_the_heap(config) -> None:
         gc.freeze()
 
 
-def pytest_sessionstart(session):
-    # registered after every plugin's pytest_configure (pytest's own clean-ups among them): it runs before them
-    session.config.add_cleanup(lambda: _freeze_the_heap(session.config))
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config):
+    # before every other plugin's pytest_unconfigure and the clean-up stack after them, where pytest collects:
+    # in its clean-up stack (pytest 9.0 and 9.1) and in its unraisable-exception plugin's pytest_unconfigure (9.2)
+    _freeze_the_heap(config)
 
 
 def pytest_configure(config):
