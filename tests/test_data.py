@@ -190,6 +190,7 @@ def test_a_surrogate_larger_than_free_memory_is_refused_before_allocating():
         load_features("synthetic:99999999x99999")
 
 
+@pytest.mark.slow  # imports scikit-learn (1.5 s); the fast tier pins both sources' bytes (tests/test_portability.py)
 @pytest.mark.parametrize("name", ["digits", "breast_cancer"])
 def test_scikit_learns_sets_are_read_as_its_loaders_read_them(name, monkeypatch):
     """``sources.sklearn_set`` reads scikit-learn's bundled file itself: the same float64 and int64 values, bit for
