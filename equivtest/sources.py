@@ -107,27 +107,28 @@ def sklearn_set(name: str) -> tuple[np.ndarray, np.ndarray]:
     import importlib.util
     from pathlib import Path
 
-    if name not in ("digits", "breast_cancer"):
+    files = {"digits": "digits.csv.gz", "breast_cancer": "breast_cancer.csv"}
+    if name not in files:
         raise ValueError(f"unknown scikit-learn set {name!r}; expected 'digits' or 'breast_cancer'")
     try:
         spec = importlib.util.find_spec("sklearn")  # a top-level package: found, not run
     except ValueError:  # a stand-in module without a spec in sys.modules
         spec = None
     places = list(spec.submodule_search_locations or ()) if spec is not None else []
-    folder = Path(places[0]) / "datasets" / "data" if places else None
-    if name == "digits" and folder is not None and (folder / "digits.csv.gz").is_file():
+    path = Path(places[0]) / "datasets" / "data" / files[name] if places else None
+    if path is not None and path.is_file() and name == "digits":
         import gzip
 
-        with gzip.open(folder / "digits.csv.gz", "rt", encoding="utf-8") as f:  # load_digits: np.loadtxt on the gzip stream
+        with gzip.open(path, "rt", encoding="utf-8") as f:  # load_digits: np.loadtxt on the gzip stream
             table = np.loadtxt(f, delimiter=",")
         return table[:, :-1], table[:, -1].astype(np.int64)
-    if name == "breast_cancer" and folder is not None and (folder / "breast_cancer.csv").is_file():
+    if path is not None and path.is_file():
         import csv
 
-        with open(folder / "breast_cancer.csv", encoding="utf-8") as f:  # load_csv_data: a header, then rows
+        with open(path, encoding="utf-8") as f:  # load_csv_data: a header (N, D, class names), then rows
             rows = csv.reader(f)
             n, d = (int(v) for v in next(rows)[:2])
-            table = [r for r in rows]
+            table = list(rows)
         if len(table) == n and all(len(r) == d + 1 for r in table):
             return (np.asarray([r[:-1] for r in table], dtype=np.float64),
                     np.asarray([r[-1] for r in table], dtype=np.int64))

@@ -17,10 +17,13 @@ from equivtest.report import REPORT_KEYS
 SMALL = ["--features", "synthetic:600x32", "--epochs", "2", "--batch-size", "64", "--lr", "0.05", "--backend", "numpy"]
 
 
+def _command(*args) -> list[str]:
+    return [sys.executable, "-m", "equivtest.cli", *map(str, args)]
+
+
 def equivtest_process(*args, timeout=120, **kw):
     """The command in its own process: for what only a process shows (signals, exit, start-up output)."""
-    return subprocess.run([sys.executable, "-m", "equivtest.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(_command(*args), capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def equivtest(*args):
@@ -55,8 +58,7 @@ def _start_small_run(config) -> tuple:
     nobody reads until the fixture runs could fill up and stall it), in a folder removed when the session ends."""
     root = Path(tempfile.mkdtemp(prefix="equivtest-small-run-"))
     with open(root / "stdout", "w") as out, open(root / "stderr", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "equivtest.cli", "run", *SMALL, "--out", str(root / "report")],
-                                stdout=out, stderr=err)
+        proc = subprocess.Popen(_command("run", *SMALL, "--out", root / "report"), stdout=out, stderr=err)
     config.stash[_SMALL_RUN] = (proc, root)
 
     def reap():

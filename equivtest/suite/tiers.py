@@ -79,15 +79,15 @@ def is_slow(item, first: str | None, chosen: dict | None = None) -> bool:
 def select_tier(config, items, installed, chosen: dict | None = None) -> None:
     """Mark every slow cell ``slow``; in the fast tier deselect them (before ``-m`` is applied).  ``chosen``: the
     values the run chose for a parameter (``{"world_size": N}`` under ``--data-parallel N``)."""
-    first = first_backend(installed)
+    first, chosen = first_backend(installed), chosen or {}
     # a test whose own values do not include the run's (the composition test's world sizes are its own 2 and 3)
     # keeps its cells' values
-    offers = {(getattr(i, "function", None), k) for i in items for k, v in (chosen or {}).items()
+    offers = {(getattr(i, "function", None), k) for i in items for k, v in chosen.items()
               if getattr(getattr(i, "callspec", None), "params", {}).get(k) == v}
     slow = []
     for item in items:
         fn = getattr(item, "function", None)
-        if is_slow(item, first, {k: v for k, v in (chosen or {}).items() if (fn, k) in offers}):
+        if is_slow(item, first, {k: v for k, v in chosen.items() if (fn, k) in offers}):
             if not item.get_closest_marker("slow"):
                 item.add_marker(pytest.mark.slow)
             slow.append(item)
