@@ -8,6 +8,12 @@ from equivtest.compare import CONTROL_MARGIN, PROBA_TOLERANCES, assert_allclose
 from equivtest.heads import Weights, sigmoid_to_softmax, softmax_to_sigmoid
 from equivtest.plan import Plan
 
+from .tiers import FIRST
+
+#: the fast tier runs this module's rules on one backend (the predictions of the converted head itself on every
+#: backend); the slow tier on every selected one
+pytestmark = pytest.mark.fast_cells(dict(backend=FIRST))
+
 ATOL = PROBA_TOLERANCES["float32"]["atol"]  # 1e-6
 
 
@@ -17,6 +23,7 @@ def spread_weights(d, seed=0):
     return Weights(rng.normal(0, 2 / np.sqrt(d), (d, 2)), rng.normal(0, 0.5, 2))
 
 
+@pytest.mark.fast_cells(dict())  # every backend in the fast tier too: the claim itself, once per framework
 def test_converted_sigmoid_predicts_like_softmax(backend, device, dataset):
     w = spread_weights(dataset.n_features)
     X = dataset.X_val
