@@ -221,9 +221,10 @@ def _join(ctx, out: str) -> None:
 
 RENDEZVOUS_ENV = "EQUIVTEST_RENDEZVOUS"
 #: what the fork server imports once, so that each rank is a fork with torch loaded (a fresh ``spawn``
-#: re-imports torch in every rank, seconds each); DDP's constructor imports torch._dynamo (about 2 s)
+#: re-imports torch in every rank, seconds each); DDP's constructor imports torch._dynamo (about 2 s); last,
+#: :mod:`equivtest._forkserver`: the server leaves without tearing them down
 FORKSERVER_PRELOAD = ("torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "equivtest.parallel",
-                      "equivtest.backends.torch", "equivtest.backends.torch.network")
+                      "equivtest.backends.torch", "equivtest.backends.torch.network", "equivtest._forkserver")
 _preload_set = False
 
 

@@ -78,3 +78,22 @@ def test_a_worker_that_ignores_the_request_to_stop_is_killed(spawned):
     spawned[0].hangs = True
     be.close()
     assert spawned[0].code == -9 and spawned[0].reaped and be._proc is None
+
+
+# ------------------------------------------------------------------------------ torch's fork server
+def test_the_fork_server_leaves_without_the_teardown_of_what_it_preloaded():
+    """The fork server imports :mod:`equivtest._forkserver` after the frameworks: from then on the process leaves
+    through ``os._exit``, so no exit handler registered before it (torch's, here a stand-in that prints) runs,
+    and the exit status is still 0."""
+    import sys
+
+    from equivtest.parallel import FORKSERVER_PRELOAD
+
+    assert FORKSERVER_PRELOAD[-1] == "equivtest._forkserver"  # after every framework it preloads
+    code = "import atexit; atexit.register(print, 'teardown ran'); import equivtest._forkserver"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "teardown ran" not in done.stdout
+    # the control: the same stand-in without the module does run
+    ran = subprocess.run([sys.executable, "-c", code.rsplit(";", 1)[0]], capture_output=True, text=True, timeout=60)
+    assert ran.stdout.strip() == "teardown ran"

@@ -142,6 +142,9 @@ MUTANTS = (
            "    _freeze_the_heap(config)\n",
            '    __import__("atexit").register(lambda: _freeze_the_heap(config))\n',
            ("tests/test_plugin.py", "--run-slow", "-k", "freezes_the_heap"), backends="numpy"),
+    Mutant("the fork server tears down the frameworks it preloaded", "equivtest/_forkserver.py",
+           "atexit.register(os._exit, 0)", "atexit.register(print, end='')",
+           ("tests/test_workers.py", "-k", "fork_server"), backends="numpy"),
 )
 
 
