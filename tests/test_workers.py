@@ -81,19 +81,58 @@ def test_a_worker_that_ignores_the_request_to_stop_is_killed(spawned):
 
 
 # ------------------------------------------------------------------------------ torch's fork server
-def test_the_fork_server_leaves_without_the_teardown_of_what_it_preloaded():
-    """The fork server imports :mod:`equivtest._forkserver` after the frameworks: from then on the process leaves
-    through ``os._exit``, so no exit handler registered before it (torch's, here a stand-in that prints) runs,
-    and the exit status is still 0."""
+#: a fork server started with a stand-in for a framework's exit handler (it prints), then the given preloads
+FORK_SERVER_SCRIPT = """
+import multiprocessing as mp
+import sys
+
+
+def nothing():
+    pass
+
+
+if __name__ == "__main__":
+    mp.set_forkserver_preload(["standin_teardown", *sys.argv[1:]])
+    process = mp.get_context("forkserver").Process(target=nothing)
+    process.start()
+    process.join()
+"""
+
+
+def _run_a_fork_server(tmp_path, *preload):
+    import os
     import sys
 
+    (tmp_path / "standin_teardown.py").write_text("import atexit\natexit.register(print, 'teardown ran', flush=True)\n")
+    script = tmp_path / "serve.py"
+    script.write_text(FORK_SERVER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    # the server inherits the output pipe: what it prints as it exits is read too (run() waits for the pipe's end)
+    return subprocess.run([sys.executable, str(script), *preload], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+
+
+def test_the_fork_server_leaves_without_the_teardown_of_what_it_preloaded(tmp_path):
+    """The fork server preloads :mod:`equivtest._forkserver` after the frameworks: it then leaves through
+    ``os._exit``, so no exit handler registered before (a framework's; here a stand-in that prints) runs.  The
+    control: the same server without the module runs the stand-in's handler."""
     from equivtest.parallel import FORKSERVER_PRELOAD
 
     assert FORKSERVER_PRELOAD[-1] == "equivtest._forkserver"  # after every framework it preloads
-    code = "import atexit; atexit.register(print, 'teardown ran'); import equivtest._forkserver"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = _run_a_fork_server(tmp_path, "equivtest._forkserver")
     assert done.returncode == 0, done.stderr
     assert "teardown ran" not in done.stdout
-    # the control: the same stand-in without the module does run
-    ran = subprocess.run([sys.executable, "-c", code.rsplit(";", 1)[0]], capture_output=True, text=True, timeout=60)
-    assert ran.stdout.strip() == "teardown ran"
+    control = _run_a_fork_server(tmp_path)
+    assert control.returncode == 0, control.stderr
+    assert control.stdout.strip() == "teardown ran"
+
+
+def test_the_fork_server_module_imported_elsewhere_changes_nothing():
+    """Outside the fork server the module registers nothing: a program that imports it keeps its own exit
+    status and its exit handlers."""
+    import sys
+
+    code = "import atexit, sys; atexit.register(print, 'teardown ran'); import equivtest._forkserver; sys.exit(3)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.strip() == "teardown ran"

@@ -145,6 +145,9 @@ MUTANTS = (
     Mutant("the fork server tears down the frameworks it preloaded", "equivtest/_forkserver.py",
            "atexit.register(os._exit, 0)", "atexit.register(print, end='')",
            ("tests/test_workers.py", "-k", "fork_server"), backends="numpy"),
+    Mutant("every process that imports the fork server's module leaves with status 0", "equivtest/_forkserver.py",
+           "if _imported_by_the_fork_server():", "if True:",
+           ("tests/test_workers.py", "-k", "fork_server"), backends="numpy"),
 )
 
 
