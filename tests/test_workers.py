@@ -1,9 +1,11 @@
 """The Keras worker's life cycle, with a stand-in for its process (no framework, no process): it starts once,
 a prestarted one runs niced, stopping closes its connection whatever state the process is in, and a worker that
-died or was stopped is reaped and replaced on the next call."""
+died or was stopped is reaped and replaced on the next call.  And how torch's fork server ends (a real one, with
+a stand-in for a framework's exit handler)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 
 import pytest
@@ -112,6 +114,8 @@ def _run_a_fork_server(tmp_path, *preload):
                           env=env, cwd=tmp_path)
 
 
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(),
+                    reason="the platform has no fork server: the ranks are spawned")
 def test_the_fork_server_leaves_without_the_teardown_of_what_it_preloaded(tmp_path):
     """The fork server preloads :mod:`equivtest._forkserver` after the frameworks: it then leaves through
     ``os._exit``, so no exit handler registered before (a framework's; here a stand-in that prints) runs.  The
