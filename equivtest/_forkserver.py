@@ -2,8 +2,8 @@
 
 The server only forks ranks, and each rank leaves through ``os._exit``.  So when its parent goes away, the
 server leaves the same way, without the interpreter's teardown of the frameworks it preloaded.  That
-teardown took 1.2 s, measured, and the server kept its parent's output pipe open meanwhile: a pipeline
-reading pytest's output waited for it after pytest itself had ended.
+teardown took seconds (docs/performance.md), and the server kept its parent's output pipe open meanwhile:
+a pipeline reading pytest's output waited for it after pytest itself had ended.
 
 Imported anywhere else, the module does nothing: only the fork server's own ``main`` may end its process
 this way, since an exit handler's ``os._exit(0)`` would replace the exit status of any other.

@@ -268,7 +268,7 @@ def _spawned(rank, world_size, env, job, out):
 
     # a fork of the fork server: its heap (torch, torch._dynamo) is the server's, shared copy-on-write.  Frozen,
     # the collection in worker() scans only what this rank made (its model, DDP's Reducer) instead of writing
-    # to every inherited object's header: 1 ms instead of 0.25 s a rank, measured
+    # to every inherited object's header (measured in docs/performance.md)
     gc.freeze()
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size)})

@@ -116,13 +116,14 @@ def sklearn_set(name: str) -> tuple[np.ndarray, np.ndarray]:
         spec = None
     places = list(spec.submodule_search_locations or ()) if spec is not None else []
     path = Path(places[0]) / "datasets" / "data" / files[name] if places else None
-    if path is not None and path.is_file() and name == "digits":
+    found = path is not None and path.is_file()
+    if found and name == "digits":
         import gzip
 
         with gzip.open(path, "rt", encoding="utf-8") as f:  # load_digits: np.loadtxt on the gzip stream
             table = np.loadtxt(f, delimiter=",")
         return table[:, :-1], table[:, -1].astype(np.int64)
-    if path is not None and path.is_file():
+    if found:
         import csv
 
         with open(path, encoding="utf-8") as f:  # load_csv_data: a header (N, D, class names), then rows
