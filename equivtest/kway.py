@@ -110,7 +110,7 @@ def best_factor(data: KWay, lr: float = 0.05, **kw) -> tuple[float, float]:
     """(factor, gap): the reference head's lr factor that brings its path closest to the full head's.
 
     ``gap`` is the max |d step loss| at that factor, minimised over the factor by
-    :func:`equivtest.rules.best_lr_factor` (a log-scale grid, then Brent's method).
+    :func:`equivtest.rules.best_lr_factor` (a log-scale grid, then a golden-section search).
     """
     from . import rand
     from .rules import best_lr_factor

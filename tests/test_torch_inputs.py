@@ -131,3 +131,18 @@ def test_the_gpu_input_path_trains_bit_for_bit_like_the_cpu_path(tb, optimizer, 
         for field in ("step_loss", "epoch_accuracy", "val_loss", "val_accuracy", "history"):
             assert np.array_equal(getattr(cpu, field), getattr(gpu_form, field)), (head, field)
         assert np.array_equal(cpu.weights.kernel, gpu_form.weights.kernel)
+
+
+def test_the_worker_thread_serves_large_epochs_on_a_cpu_and_small_ones_run_in_order(tb):
+    """By default (``pipelined=None``) the worker thread gathers only an epoch of at least
+    ``PIPELINE_MIN_ELEMENTS`` rows x features: one element less runs in order; an explicit choice wins."""
+    import torch
+
+    d = 16
+    n = tb._StepInputs.PIPELINE_MIN_ELEMENTS // d
+    plan = Plan(epochs=1, batch_size=64, dropout=0.5)
+    for rows, expected in ((n, True), (n - 1, False)):
+        X = torch.empty((rows, d))  # never written: only its shape and device are read
+        inputs = tb._StepInputs(X, plan, plan.batch_bounds(rows), plan_masks=True)
+        assert inputs.pipelined is expected, (rows, d)
+        assert tb._StepInputs(X, plan, plan.batch_bounds(rows), True, pipelined=not expected).pipelined is not expected

@@ -148,6 +148,13 @@ MUTANTS = (
     Mutant("every process that imports the fork server's module leaves with status 0", "equivtest/_forkserver.py",
            "if _imported_by_the_fork_server():", "if True:",
            ("tests/test_workers.py", "-k", "fork_server"), backends="numpy"),
+    Mutant("the factor search walks away from the smaller gap", "equivtest/rules.py",
+           "if f(c) <= f(d):", "if f(c) >= f(d):", ("tests/test_factor_search.py",), backends="numpy"),
+    Mutant("the factor search stops at the grid", "equivtest/rules.py",
+           "while b - a > xtol:", "while False:", ("tests/test_factor_search.py",), backends="numpy"),
+    Mutant("torch's worker thread serves every epoch on a CPU", "equivtest/backends/torch/__init__.py",
+           "X.device.type == \"cpu\" and X.shape[0] * X.shape[1] >= self.PIPELINE_MIN_ELEMENTS",
+           "X.device.type == \"cpu\"", ("tests/test_torch_inputs.py", "-k", "large_epochs"), backends="torch"),
 )
 
 

@@ -392,6 +392,7 @@ def _bf16_head():
     return X, W, b
 
 
+@functools.cache  # computed once for the test of the bound and the test of its controls; read, never changed
 def bfloat16_storage_figures() -> dict:
     """What storing the converted head in bfloat16 costs on the surrogate (docs/performance.md quotes these).
 

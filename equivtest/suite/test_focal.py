@@ -74,7 +74,7 @@ def _best_focal_factor(alpha: float, epsilon_convention: str, dataset):
 @pytest.mark.parametrize("alpha", [0.25, 0.75])
 def test_focal_breaks_with_class_balanced_alpha(backend, device, dataset, plan, alpha):
     """No learning-rate factor rescues it: the float64 oracle's minimum over the factor (a log grid over
-    1/16..16, then Brent's method) stays above CONTROL_MARGIN x the float32 tolerance, and the backend
+    1/16..16, then a golden-section search) stays above CONTROL_MARGIN x the float32 tolerance, and the backend
     breaks at that best factor as well as at the rule's 2 and at 1."""
     factor, best = _best_focal_factor(alpha, backend.epsilon_convention, dataset)
     assert best > CONTROL_MARGIN * TOL["atol"], f"factor {factor:.4g} came within {best:.3g}"

@@ -29,7 +29,7 @@ def test_two_classes_factor_2_follows_the_path():
 @pytest.mark.fast_cells(dict(K=3))
 @pytest.mark.parametrize("K", [3, 5, 10])
 def test_no_single_factor_for_more_than_two_classes(K):
-    """The smallest gap any factor in 1/16..16 reaches (grid, then Brent) stays far from a shared path.
+    """The smallest gap any factor in 1/16..16 reaches (grid, then golden section) stays far from a shared path.
 
     Margin: the same search reaches 2e-16 for K = 2 (above), so a factor that worked would show a gap
     near float64 rounding; measured minima here are 0.043 (K = 3), 0.097 (5) and 0.084 (10), and 1e-2

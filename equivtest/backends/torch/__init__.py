@@ -3,8 +3,8 @@
 Devices ``cpu``, ``cuda[:N]``, ``mps`` where present; float32 and float64.  TF32
 is off for CUDA matmuls unless :meth:`Backend.set_tf32` (or ``EQUIVTEST_TF32=1``)
 turns it on.  The plan's masks enter as ``x * scale * mask`` before the Linear
-layer (``_StepInputs``: on a CPU a worker thread gathers and masks the next
-steps while the current one trains); ``masks="native"`` uses ``nn.Dropout`` with
+layer (``_StepInputs``: for a large epoch on a CPU a worker thread gathers and
+masks the next steps while the current one trains); ``masks="native"`` uses ``nn.Dropout`` with
 a generator forked from ``plan.seed`` instead.
 """
 
@@ -127,9 +127,10 @@ def _prefetched(prepare, steps: int, buffers: list):
 class _StepInputs:
     """Each step's input rows, ``x * scale`` where the plan keeps a unit and 0 elsewhere.
 
-    Rows are gathered into buffers reused for the whole run.  On a GPU the
-    epoch's masks go to the device at once and the steps run in order.  On a
-    CPU a worker thread gathers and masks the next steps while the current one
+    Rows are gathered into buffers reused for the whole run.  On a GPU, and on
+    a CPU for a small epoch, the epoch's masks go to the device at once and the
+    steps run in order.  On a CPU, for an epoch of at least
+    ``PIPELINE_MIN_ELEMENTS``, a worker thread gathers and masks the next steps while the current one
     trains (``_prefetched``), ``_CHUNK`` steps at a time, and the masks are
     unpacked step by step as ``scale`` or 0 into a scratch array of the
     features' dtype: one same-dtype multiply (a uint8 or bool operand would be
@@ -139,11 +140,17 @@ class _StepInputs:
     """
 
     _CHUNK = 2
+    #: the smallest epoch (rows x features) the worker thread pays for itself on: below it the thread's start
+    #: and the thread-count switch each epoch cost more than the gathering it overlaps, and the in-order path
+    #: (bit for bit the same inputs) is faster; figures in docs/performance.md ("The worker thread by size")
+    PIPELINE_MIN_ELEMENTS = 2**24
 
     def __init__(self, X, plan: Plan, bounds, plan_masks: bool, pipelined: bool | None = None, spare=None):
         self.X, self.plan, self.bounds, self.plan_masks = X, plan, bounds, plan_masks
         self.scale = plan.mask_scale
-        self.pipelined = X.device.type == "cpu" if pipelined is None else pipelined
+        if pipelined is None:
+            pipelined = X.device.type == "cpu" and X.shape[0] * X.shape[1] >= self.PIPELINE_MIN_ELEMENTS
+        self.pipelined = pipelined
         per = self._CHUNK if self.pipelined else 1
         self.chunks = [(i, min(i + per, len(bounds))) for i in range(0, len(bounds), per)]
         self.key = (per * plan.batch_size, X.shape[1], X.dtype, X.device, self.pipelined)
@@ -251,9 +258,10 @@ class Backend(BaseBackend):
     framework = "torch"
 
     def __init__(self, pipelined: bool | None = None):
-        """``pipelined``: the CPU's worker-thread input path (None: on a CPU, not on a GPU).  ``False``
-        on a CPU runs the in-order path a GPU takes (masks uploaded per epoch, steps in order), so the
-        GPU path's logic is tested where there is no GPU."""
+        """``pipelined``: the CPU's worker-thread input path (None: on a CPU for an epoch of at least
+        ``_StepInputs.PIPELINE_MIN_ELEMENTS`` rows x features, never on a GPU).  ``False`` on a CPU runs the
+        in-order path a GPU takes (masks uploaded per epoch, steps in order): the same bits, tested so where
+        there is no GPU."""
         self.pipelined = pipelined
         self._spare = None  # the last run's step buffers (see _StepInputs)
         self.set_tf32(tf32_requested())
