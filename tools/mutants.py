@@ -152,6 +152,8 @@ MUTANTS = (
            "if f(c) <= f(d):", "if f(c) >= f(d):", ("tests/test_factor_search.py",), backends="numpy"),
     Mutant("the factor search stops at the grid", "equivtest/rules.py",
            "while b - a > xtol:", "while False:", ("tests/test_factor_search.py",), backends="numpy"),
+    Mutant("a package equivtest imports left out of pyproject.toml", "pyproject.toml",
+           '"threadpoolctl>=2.0",', "", ("tests/test_architecture.py", "-k", "declared"), backends="numpy"),
     Mutant("torch's worker thread serves every epoch on a CPU", "equivtest/backends/torch/__init__.py",
            "X.device.type == \"cpu\" and X.shape[0] * X.shape[1] >= self.PIPELINE_MIN_ELEMENTS",
            "X.device.type == \"cpu\"", ("tests/test_torch_inputs.py", "-k", "large_epochs"), backends="torch"),
