@@ -221,3 +221,33 @@ def test_the_built_in_scikit_learn_sources_do_not_import_scikit_learn():
             "load_features('breast-cancer'); print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_bundled_set_is_parsed_once_per_version_of_its_file_and_handed_out_as_copies(tmp_path, monkeypatch):
+    """``sklearn_set`` parses scikit-learn's file once and hands out copies: a caller changing its arrays changes
+    no later read; a rewritten file (another size or time) is parsed again."""
+    import importlib.machinery
+    import importlib.util
+    import os
+
+    from equivtest import sources
+
+    data = tmp_path / "datasets" / "data"
+    data.mkdir(parents=True)
+    csv = data / "breast_cancer.csv"
+    csv.write_text("2,2,malignant,benign\n1.5,2.5,0\n3.5,4.5,1\n", encoding="utf-8")
+    spec = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path)]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: spec if n == "sklearn" else find_spec(n, *a))
+
+    X, y = sources.sklearn_set("breast_cancer")
+    np.testing.assert_array_equal(X, [[1.5, 2.5], [3.5, 4.5]])
+    np.testing.assert_array_equal(y, [0, 1])
+    X[0, 0], y[0] = -1.0, 7  # the caller's copy
+    X2, y2 = sources.sklearn_set("breast_cancer")
+    assert (X2[0, 0], y2[0]) == (1.5, 0), "a caller's change reached the cache"
+    csv.write_text("2,2,malignant,benign\n10.5,2.5,1\n3.5,4.5,0\n", encoding="utf-8")
+    os.utime(csv, ns=(os.stat(csv).st_atime_ns, os.stat(csv).st_mtime_ns + 10**9))  # another version, same size
+    X3, y3 = sources.sklearn_set("breast_cancer")
+    assert (X3[0, 0], y3[0]) == (10.5, 1), "a rewritten file was served from the cache"

@@ -157,6 +157,11 @@ MUTANTS = (
     Mutant("torch's worker thread serves every epoch on a CPU", "equivtest/backends/torch/__init__.py",
            "X.device.type == \"cpu\" and X.shape[0] * X.shape[1] >= self.PIPELINE_MIN_ELEMENTS",
            "X.device.type == \"cpu\"", ("tests/test_torch_inputs.py", "-k", "large_epochs"), backends="torch"),
+    Mutant("a bundled data set hands out the cache's own arrays", "equivtest/sources.py",
+           "return parsed[0].copy(), parsed[1].copy()", "return parsed", ("tests/test_data.py", "-k", "bundled"),
+           backends="numpy"),
+    Mutant("a bundled data set's cache ignores a rewritten file", "equivtest/sources.py",
+           "stat.st_mtime_ns, stat.st_size)", "0, 0)", ("tests/test_data.py", "-k", "bundled"), backends="numpy"),
 )
 
 
