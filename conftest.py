@@ -48,3 +48,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("bench"):
             item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hook: its JSON names the machine and software in full
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Beside pytest-benchmark's own fields: the installed frameworks' versions, the CPU's model and cores,
+    NumPy's BLAS, and the GPU when torch has one (docs/performance.md's tables are written from these files)."""
+    import sys
+
+    from equivtest.backends import REGISTRY
+    from equivtest.machine import machine_info as ours
+
+    machine_info["equivtest"] = info = ours(list(REGISTRY))
+    torch = sys.modules.get("torch")  # loaded where a benchmark ran on it; never imported for this
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)

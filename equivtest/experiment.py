@@ -14,6 +14,7 @@ drawn independently per run (``"independent"``, the seed's own setting).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .data import SURROGATE_SHAPE, Dataset
 from .errors import NonFiniteLoss
 from .heads import lr_factor as rule_lr_factor
 from .heads import n_params, sigmoid_to_softmax, softmax_to_sigmoid
+from .machine import cpu_model
 from .plan import Plan
 from .rules import needs_symmetric_init, sigmoid_plan
 from .trajectory import Trajectory
@@ -110,6 +112,7 @@ class ExperimentResult:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "environment": {
                 "python": platform.python_version(), "platform": platform.platform(),
+                "cpu": cpu_model(), "cores": os.cpu_count(),
                 "backends": {n: r.environment for n, r in self.results.items()},
             },
             "features": self.dataset,

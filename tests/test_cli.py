@@ -110,6 +110,7 @@ def test_report_json_has_the_documented_keys_and_figures(small_run):
     for c in rep["checks"]:
         assert {"value", "tolerance", "op", "passed"} <= set(c)
     assert rep["environment"]["backends"]["numpy"]["version"] == np.__version__
+    assert rep["environment"]["cpu"] and rep["environment"]["cores"] == os.cpu_count()  # the machine, by name
     md = (out / "report.md").read_text()
     assert "| check | backend | value | op | tolerance | verdict |" in md
 

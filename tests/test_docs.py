@@ -84,3 +84,61 @@ def test_the_readmes_convert_and_verify_commands_parse():
     for ln in lines:
         args = parser.parse_args(shlex.split(ln)[1:])  # exits 2 (SystemExit) on an unknown flag
         assert args.command in ("convert", "verify"), ln
+
+
+def _perf_tables():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("equivtest_perf_tables", ROOT / "tools" / "perf_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_tables_by_machine_are_what_the_stored_files_give():
+    """docs/performance.md's tables by machine are tools/perf_tables.py's output from the benchmark JSON files
+    and the stored `equivtest run` reports, to the character: no figure there is typed by hand."""
+    tool = _perf_tables()
+    assert list(tool.BENCHMARKS.glob("*.json")) and list(tool.REPORTS.glob("*.json")), "nothing to write from"
+    assert tool.main(["--check"]) == 0, "run: python tools/perf_tables.py"
+
+
+#: one change each to a copy of a stored file: (which files, what changes)
+CHANGES = {
+    "a benchmark's median": ("bench", lambda d: d["benchmarks"][0]["stats"].update(median=1.1 * d["benchmarks"][0]
+                                                                                    ["stats"]["median"])),
+    "a check's value": ("reports", lambda d: d["checks"][0].update(value=2 * d["checks"][0]["value"] + 1)),
+    "a check's verdict": ("reports", lambda d: d["checks"][0].update(passed=not d["checks"][0]["passed"])),
+    "a val_loss": ("reports", lambda d: next(iter(d["backends"].values()))["runs"]["softmax"]["val_loss"]
+                   .__setitem__(0, 0.5)),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_figure_changed_in_a_stored_file_is_caught(tmp_path, change):
+    """The check tells a stale table apart: copies of the files give the document's block (their folder's name
+    aside), and one figure changed in a copy gives another block."""
+    import json
+    import shutil
+
+    tool = _perf_tables()
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    block = doc[doc.index(tool.BEGIN): doc.index(tool.END) + len(tool.END)]
+    folders = {"bench": tmp_path / "bench", "reports": tmp_path / "reports"}
+    shutil.copytree(tool.BENCHMARKS, folders["bench"])
+    shutil.copytree(tool.REPORTS, folders["reports"])
+
+    def rendered():
+        return (tool.render(folders["bench"], folders["reports"])
+                .replace(folders["bench"].resolve().as_posix(), "tests/benchmarks/baselines")
+                .replace(folders["reports"].resolve().as_posix(), "docs/reports"))
+
+    assert rendered() == block, "the copies do not give the document's block"
+    where, mutate = CHANGES[change]
+    path = sorted(folders[where].glob("*.json"))[0]
+    data = json.loads(path.read_text())
+    mutate(data)
+    path.write_text(json.dumps(data))
+    assert rendered() != block, f"{change} changed in {path.name}, and the document's block stayed as it was"
