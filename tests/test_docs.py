@@ -105,14 +105,28 @@ def test_the_tables_by_machine_are_what_the_stored_files_give():
     assert tool.main(["--check"]) == 0, "run: python tools/perf_tables.py"
 
 
+def _scale_median(d):
+    d["benchmarks"][0]["stats"]["median"] *= 1.1  # 10 %: shows at the table's 0.1 ms on any median here
+
+
+def _change_value(d):
+    d["checks"][0]["value"] = 2 * d["checks"][0]["value"] + 1
+
+
+def _flip_verdict(d):
+    d["checks"][0]["passed"] = not d["checks"][0]["passed"]
+
+
+def _change_val_loss(d):
+    next(iter(d["backends"].values()))["runs"]["softmax"]["val_loss"][0] += 0.01  # the table shows 4 decimals
+
+
 #: one change each to a copy of a stored file: (which files, what changes)
 CHANGES = {
-    "a benchmark's median": ("bench", lambda d: d["benchmarks"][0]["stats"].update(median=1.1 * d["benchmarks"][0]
-                                                                                    ["stats"]["median"])),
-    "a check's value": ("reports", lambda d: d["checks"][0].update(value=2 * d["checks"][0]["value"] + 1)),
-    "a check's verdict": ("reports", lambda d: d["checks"][0].update(passed=not d["checks"][0]["passed"])),
-    "a val_loss": ("reports", lambda d: next(iter(d["backends"].values()))["runs"]["softmax"]["val_loss"]
-                   .__setitem__(0, 0.5)),
+    "a benchmark's median": ("bench", _scale_median),
+    "a check's value": ("reports", _change_value),
+    "a check's verdict": ("reports", _flip_verdict),
+    "a val_loss": ("reports", _change_val_loss),
 }
 
 

@@ -163,10 +163,11 @@ MUTANTS = (
     Mutant("a bundled data set's cache ignores a rewritten file", "equivtest/sources.py",
            "stat.st_mtime_ns, stat.st_size)", "0, 0)", ("tests/test_data.py", "-k", "bundled"), backends="numpy"),
     Mutant("docs/performance.md's benchmark tables show each benchmark's fastest round as its median",
-           "tools/perf_tables.py", "{_ms(s['median'])}", "{_ms(s['min'])}", ("tests/test_docs.py", "-k", "machine or changed_in"),
-           backends="numpy"),
+           "tools/perf_tables.py", "{_ms(s['median'])}", "{_ms(s['min'])}",
+           ("tests/test_docs.py", "-k", "machine or changed_in"), backends="numpy"),
     Mutant("docs/performance.md's report tables drop a failed check's verdict", "tools/perf_tables.py",
-           "{'PASS' if c['passed'] else 'FAIL'}", "PASS", ("tests/test_docs.py", "-k", "machine or changed_in"), backends="numpy"),
+           "{'PASS' if c['passed'] else 'FAIL'}", "PASS", ("tests/test_docs.py", "-k", "machine or changed_in"),
+           backends="numpy"),
 )
 
 
