@@ -17,7 +17,8 @@ REPORT_KEYS = ("equivtest_version", "created", "environment", "features", "plan"
                "data_parallel", "backends", "checks", "seed", "passed", "interrupted", "wall_s")
 
 
-def _fmt(v: float) -> str:
+def fmt_value(v: float) -> str:
+    """A check's value or tolerance as the reports print it (docs/performance.md's tables too)."""
     if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
         return str(v)
     if isinstance(v, (int, np.integer)) or float(v).is_integer() and abs(v) >= 1:
@@ -44,11 +45,17 @@ def epoch_rows(res: ExperimentResult, backend: str) -> tuple[list[str], list[lis
     return header, rows
 
 
+CHECK_HEADER = ["check", "backend", "value", "op", "tolerance", "verdict"]
+
+
+def check_row(c: dict) -> list[str]:
+    """One check as ``report.json`` holds it (``Check.to_dict``), as a row under :data:`CHECK_HEADER`."""
+    return [c["name"], c["backend"], fmt_value(c["value"]), c["op"], fmt_value(c["tolerance"]),
+            "PASS" if c["passed"] else "FAIL"]
+
+
 def check_rows(res: ExperimentResult) -> tuple[list[str], list[list[str]]]:
-    header = ["check", "backend", "value", "op", "tolerance", "verdict"]
-    rows = [[c.name, c.backend, _fmt(c.value), c.op, _fmt(c.tolerance), "PASS" if c.passed else "FAIL"]
-            for c in res.checks]
-    return header, rows
+    return CHECK_HEADER, [check_row(c.to_dict()) for c in res.checks]
 
 
 def _text_table(header, rows) -> str:
@@ -57,7 +64,8 @@ def _text_table(header, rows) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
-def _md_table(header, rows) -> str:
+def md_table(header, rows) -> str:
+    """A Markdown table (report.md, docs/performance.md's tables)."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
@@ -100,8 +108,8 @@ def markdown(res: ExperimentResult, plots=()) -> str:
              _title(res), ""]
     for name, br in res.results.items():
         parts += [f"## {name} on {br.device}", "", f"{br.environment.get('version', '')}", "",
-                  _md_table(*epoch_rows(res, name)), ""]
-    parts += ["## Checks", "", _md_table(*check_rows(res)), ""]
+                  md_table(*epoch_rows(res, name)), ""]
+    parts += ["## Checks", "", md_table(*check_rows(res)), ""]
     for c in res.checks:
         if c.detail:
             parts.append(f"- `{c.name}` ({c.backend}): {c.detail}")

@@ -23,6 +23,9 @@ import json
 import sys
 from pathlib import Path
 
+from equivtest.experiment import RUNS
+from equivtest.report import CHECK_HEADER, RUN_LABELS, check_row, md_table
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "performance.md"
 BENCHMARKS = ROOT / "tests" / "benchmarks" / "baselines"
@@ -33,16 +36,6 @@ END = "<!-- end of the tables by machine -->"
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
-
-
-def _num(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
-    if v == 0 or 1e-3 <= abs(v) < 1e4:
-        return f"{v:.4g}"
-    return f"{v:.3g}"
 
 
 def _rel(path: Path) -> str:
@@ -103,28 +96,21 @@ def report_tables(path: Path) -> str:
     shape = " x ".join(str(v) for v in feats["shape"])
     lines += [f"Python {env.get('python')}, {env.get('platform')}; {backends}.  Features `{feats['source']}` "
               f"({shape}; {feats['n_train']} training rows); {plan['epochs']} epochs, batch {plan['batch_size']}, "
-              f"{opt} at lr {_num(r['lr']['softmax'])} (sigmoid x {_num(r['lr']['factor'])}), dropout "
+              f"{opt} at lr {r['lr']['softmax']:g} (sigmoid x {r['lr']['factor']:g}), dropout "
               f"{plan['dropout']}, {plan['dtype']}, masks {r['masks']}.  "
               f"**{'passed' if r['passed'] else 'failed'}**, {len(r['checks'])} checks; the report's `wall_s` "
               f"(the runs and their checks; importing the frameworks, making the features and drawing the plots "
               f"come on top): {r['wall_s']:.1f} s.", ""]
-    lines += ["| check | backend | value | op | tolerance | verdict |", "|---|---|---|---|---|---|"]
-    for c in r["checks"]:
-        lines.append(f"| {c['name']} | {c['backend']} | {_num(c['value'])} | {c['op']} | {_num(c['tolerance'])} | "
-                     f"{'PASS' if c['passed'] else 'FAIL'} |")
-    runs = ("softmax", "sigmoid_converted", "sigmoid_random")
-    lines += ["", "val_loss per epoch:", "", "| backend | epoch | " + " | ".join(runs) + " |",
-              "|---|---|" + "---|" * len(runs)]
-    for name, b in r["backends"].items():
-        series = [b["runs"].get(run, {}).get("val_loss", []) for run in runs]
-        for e in range(max(len(s) for s in series)):
-            cells = [f"{s[e]:.4f}" if e < len(s) else "" for s in series]
-            lines.append(f"| {name} | {e + 1} | " + " | ".join(cells) + " |")
+    lines += [md_table(CHECK_HEADER, [check_row(c) for c in r["checks"]])]
     seed = (r.get("seed") or {}).get("runs") or {}  # present when the run's recipe is the seed's
-    series = [seed.get(run, {}).get("val_loss", []) for run in runs]
-    for e in range(max(len(s) for s in series)):
-        cells = [f"{s[e]:.4f}" if e < len(s) else "" for s in series]
-        lines.append(f"| the seed (Keras 2, `gap_Xception.h5`) | {e + 1} | " + " | ".join(cells) + " |")
+    sources = [(name, b["runs"]) for name, b in r["backends"].items()]
+    sources += [("the seed (Keras 2, `gap_Xception.h5`)", seed)] if seed else []
+    rows = []
+    for name, runs in sources:
+        series = [runs.get(run, {}).get("val_loss", []) for run in RUNS]
+        for e in range(max(len(s) for s in series)):
+            rows.append([name, str(e + 1)] + [f"{s[e]:.4f}" if e < len(s) else "" for s in series])
+    lines += ["", "val_loss per epoch:", "", md_table(["backend", "epoch"] + [RUN_LABELS[run] for run in RUNS], rows)]
     return "\n".join(lines)
 
 
