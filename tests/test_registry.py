@@ -61,3 +61,32 @@ def test_an_undeclared_not_implemented_error_fails_the_test_instead_of_skipping(
     declared = Plan(optimizer=Optimizer("sgd", weight_decay=0.05, decay="decoupled"))
     with pytest.raises(pytest.skip.Exception, match="does not offer decoupled decay"):
         train_pair(_LostAdam(), declared, data)
+
+
+_RECORD = "import os\nwith open(os.environ['IMPORT_LOG'], 'a') as f:\n    f.write(__name__ + '\\n')\n"
+
+
+@pytest.mark.parametrize("entry", [
+    "from equivtest import backends; backends.get('keras')",  # every Keras-on-TensorFlow backend run
+    "from equivtest.convert import kerasio; kerasio._keras()",  # equivtest convert / verify on a Keras file
+])
+def test_torch_and_triton_load_before_tensorflow(tmp_path, entry):
+    """TensorFlow loaded before Triton (which CUDA builds of torch bring, and load on the first optimizer)
+    crashes the process: every path that loads TensorFlow loads torch and Triton first.  Stand-ins for the
+    three record the order they are imported in; TensorFlow's ends the process there (nothing else runs)."""
+    import os
+    import subprocess
+    import sys
+
+    for name in ("torch", "triton"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(_RECORD)
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text(_RECORD + "raise SystemExit(0)\n")
+    log = tmp_path / "imports.log"
+    env = {**os.environ, "IMPORT_LOG": str(log), "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", entry], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert log.read_text().split() == ["torch", "triton", "tensorflow"]

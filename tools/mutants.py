@@ -168,6 +168,11 @@ MUTANTS = (
     Mutant("a check's row shows PASS for a failed check (report.md, docs/performance.md)", "equivtest/report.py",
            '"PASS" if c["passed"] else "FAIL"]', '"PASS"]', ("tests/test_docs.py", "-k", "machine or changed_in"),
            backends="numpy"),
+    Mutant("TensorFlow loaded before Triton (a crash with CUDA builds of torch)", "equivtest/backends/__init__.py",
+           'importlib.import_module("triton")', "pass", ("tests/test_registry.py", "-k", "before_tensorflow"),
+           backends="numpy"),
+    Mutant("equivtest convert loads Keras without loading torch and Triton first", "equivtest/convert/kerasio.py",
+           "    before_tensorflow()\n", "", ("tests/test_registry.py", "-k", "before_tensorflow"), backends="numpy"),
 )
 
 

@@ -2,9 +2,8 @@
 
 Nothing here imports a framework.  ``available(name)`` looks for the framework's
 distribution with ``importlib.util.find_spec``; ``get(name)`` imports
-``equivtest.backends.<module>`` only when asked.  When torch and TensorFlow are
-both wanted in one process, :func:`load` imports torch first (TensorFlow first
-can break torch's OpenMP and protobuf set-up on some builds).
+``equivtest.backends.<module>`` only when asked.  Before TensorFlow loads in a
+process, :func:`before_tensorflow` loads what must come first (torch, Triton).
 """
 
 from __future__ import annotations
@@ -172,6 +171,22 @@ def device_for(name: str, device: str) -> str:
     return device if kind == "auto" or kind in info(name).device_kinds else "cpu"
 
 
+def before_tensorflow() -> None:
+    """Import, where installed, what must be loaded before TensorFlow in one process.
+
+    * torch: TensorFlow first can break torch's OpenMP and protobuf set-up on some builds;
+    * Triton (installed with CUDA builds of torch): its LLVM loaded after TensorFlow's crashes the
+      process (a segmentation fault), and torch loads it lazily, on the first optimizer
+      (``torch.optim`` imports ``torch._dynamo``), which can come after TensorFlow.
+
+    Call it before anything that imports ``tensorflow`` or ``keras``; it imports nothing else.
+    """
+    if REGISTRY["torch"].unavailable_reason() is None:
+        importlib.import_module("torch")
+    if importlib.util.find_spec("triton") is not None:
+        importlib.import_module("triton")
+
+
 def get(name: str):
     """The backend instance for ``name``, importing its framework on first use."""
     if name in _loaded:
@@ -180,8 +195,8 @@ def get(name: str):
     reason = bi.unavailable_reason()
     if reason:
         raise BackendUnavailable(reason)
-    if bi.framework == "tensorflow" and REGISTRY["torch"].unavailable_reason() is None:
-        importlib.import_module("torch")  # torch before tensorflow, always
+    if bi.framework == "tensorflow":
+        before_tensorflow()
     mod = importlib.import_module(bi.module)
     _loaded[name] = mod.Backend(name) if bi.worker_process else mod.Backend()
     return _loaded[name]

@@ -36,6 +36,9 @@ def _keras():
     from .formats import need
 
     need("keras")
+    from ..backends import before_tensorflow
+
+    before_tensorflow()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with quiet_native_stderr():  # TensorFlow's start-up notices, when Keras runs on it
         import keras

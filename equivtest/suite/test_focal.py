@@ -111,11 +111,10 @@ def _torch_losses():
 
 
 def _keras_losses():
-    import keras
-
     from equivtest import backends
 
-    backends.get("keras")  # Keras on TensorFlow, imported the project's way
+    backends.get("keras")  # Keras on TensorFlow, imported the project's way (before `import keras`)
+    import keras
     zs = np.stack([np.zeros_like(MARGINS), MARGINS], 1)
     Y = np.stack([np.zeros_like(MARGINS), np.ones_like(MARGINS)], 1)
     y = np.ones((len(MARGINS), 1), np.float32)

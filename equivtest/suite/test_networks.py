@@ -275,15 +275,16 @@ def test_network_layouts_convert_exactly():
 @pytest.mark.parametrize("body", ["mlp", "cnn"])
 def test_a_network_moved_between_frameworks_predicts_the_same(body, dtype, atol):
     """The same canonical weights in Keras (Dense/Conv2D, NHWC), PyTorch (Linear/Conv2d, NCHW) and the oracle."""
+    from equivtest.backends import get
+
+    get("keras")  # Keras on TensorFlow, imported the way the backend imports it (before `import keras`)
     import keras
     import torch
 
-    from equivtest.backends import get
     from equivtest.backends.keras.common import floatx
     from equivtest.backends.keras.network import build
     from equivtest.backends.torch.network import TorchNetwork
 
-    get("keras")  # Keras on TensorFlow, imported the way the backend imports it
     net, data = _case(body)
     p = Plan(dtype="float64")
     bw, hw = p.body_weights(net), p.initial_weights("softmax", net.width)
