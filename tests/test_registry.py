@@ -66,14 +66,16 @@ def test_an_undeclared_not_implemented_error_fails_the_test_instead_of_skipping(
 _RECORD = "import os\nwith open(os.environ['IMPORT_LOG'], 'a') as f:\n    f.write(__name__ + '\\n')\n"
 
 
+@pytest.mark.parametrize("triton", ["loads", "broken"])
 @pytest.mark.parametrize("entry", [
     "from equivtest import backends; backends.get('keras')",  # every Keras-on-TensorFlow backend run
     "from equivtest.convert import kerasio; kerasio._keras()",  # equivtest convert / verify on a Keras file
 ])
-def test_torch_and_triton_load_before_tensorflow(tmp_path, entry):
+def test_torch_and_triton_load_before_tensorflow(tmp_path, entry, triton):
     """TensorFlow loaded before Triton (which CUDA builds of torch bring, and load on the first optimizer)
     crashes the process: every path that loads TensorFlow loads torch and Triton first.  Stand-ins for the
-    three record the order they are imported in; TensorFlow's ends the process there (nothing else runs)."""
+    three record the order they are imported in; TensorFlow's ends the process there (nothing else runs).
+    A Triton that fails to import (``broken``) is left out, as torch leaves it out, and Keras still loads."""
     import os
     import subprocess
     import sys
@@ -81,6 +83,8 @@ def test_torch_and_triton_load_before_tensorflow(tmp_path, entry):
     for name in ("torch", "triton"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(_RECORD)
+    if triton == "broken":
+        (tmp_path / "triton" / "__init__.py").write_text(_RECORD + "raise ImportError('libtriton.so: undefined symbol')\n")
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text(_RECORD + "raise SystemExit(0)\n")
     log = tmp_path / "imports.log"

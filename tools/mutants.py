@@ -171,6 +171,9 @@ MUTANTS = (
     Mutant("TensorFlow loaded before Triton (a crash with CUDA builds of torch)", "equivtest/backends/__init__.py",
            'importlib.import_module("triton")', "pass", ("tests/test_registry.py", "-k", "before_tensorflow"),
            backends="numpy"),
+    Mutant("a Triton that fails to import stops Keras from loading", "equivtest/backends/__init__.py",
+           "        except ImportError:", "        except ZeroDivisionError:",
+           ("tests/test_registry.py", "-k", "before_tensorflow"), backends="numpy"),
     Mutant("equivtest convert loads Keras without loading torch and Triton first", "equivtest/convert/kerasio.py",
            "    before_tensorflow()\n", "", ("tests/test_registry.py", "-k", "before_tensorflow"), backends="numpy"),
 )

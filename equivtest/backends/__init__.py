@@ -179,12 +179,16 @@ def before_tensorflow() -> None:
       process (a segmentation fault), and torch loads it lazily, on the first optimizer
       (``torch.optim`` imports ``torch._dynamo``), which can come after TensorFlow.
 
-    Call it before anything that imports ``tensorflow`` or ``keras``; it imports nothing else.
+    Call it before anything that imports ``tensorflow`` or ``keras``; it imports nothing else, and a
+    Triton that fails to import is left out, as torch leaves it out.
     """
     if REGISTRY["torch"].unavailable_reason() is None:
         importlib.import_module("torch")
     if importlib.util.find_spec("triton") is not None:
-        importlib.import_module("triton")
+        try:
+            importlib.import_module("triton")
+        except ImportError:  # a Triton that does not load is one torch does without (as torch itself does)
+            pass
 
 
 def get(name: str):
