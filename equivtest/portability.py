@@ -87,9 +87,11 @@ def main(argv=None) -> int:
     if args.import_frameworks:
         import importlib.util
 
-        for name in ("torch", "tensorflow"):
-            if importlib.util.find_spec(name) is not None:
-                __import__(name)
+        from .backends import before_tensorflow
+
+        before_tensorflow()  # torch (and Triton) first, as every path to TensorFlow loads them
+        if importlib.util.find_spec("tensorflow") is not None:
+            __import__("tensorflow")
     text = json.dumps(input_digests(), indent=1, sort_keys=True) + "\n"
     if args.out is None:
         sys.stdout.write(text)
