@@ -61,7 +61,7 @@ class BackendInfo:
         )
 
 
-#: load order matters: torch before tensorflow
+#: in the order runs and reports list them; what must load before TensorFlow: :func:`before_tensorflow`
 REGISTRY: dict[str, BackendInfo] = {
     "numpy": BackendInfo("numpy", "equivtest.backends.numpy", ("numpy",), None, "numpy", ("cpu",),
                          distributions=("numpy",), autocasts=()),
